@@ -1,0 +1,141 @@
+"""LLaDA configuration.
+
+Reads the official GSAI-ML `config.json` unchanged: its OLMo-style keys (`d_model`, `n_heads`, `n_layers`, ...) are
+aliases of the standard transformers names through `attribute_map`. The OLMo switches the official code supports but
+the released checkpoints never use (ALiBi, LayerNorm, biases, q/k norm, ...) are checked and rejected, so a config this
+class accepts is one the model computes exactly.
+"""
+
+from transformers.configuration_utils import PreTrainedConfig
+
+# Switches of the official (OLMo-derived) config that change the computation, with the only value this
+# implementation supports. Missing keys are fine; a different value is an error, never silently ignored.
+_SUPPORTED_OLMO_SWITCHES = {
+    "block_type": ("llama",),
+    "rope": (True,),
+    "alibi": (False,),
+    "layer_norm_type": ("rms",),
+    "layer_norm_with_affine": (True,),
+    "bias_for_layer_norm": (False, None),
+    "attention_layer_norm": (False,),
+    "include_bias": (False,),
+    "include_qkv_bias": (False, None),
+    "activation_type": ("silu", "swiglu"),
+    "block_group_size": (1,),
+    "input_emb_norm": (False,),
+    "scale_logits": (False,),
+    "rope_full_precision": (True,),
+}
+# `auto_map` of the official checkpoints: it points at remote-code files a converted checkpoint no longer has.
+_OFFICIAL_AUTO_MAP_TARGET = "configuration_llada.LLaDAConfig"
+
+
+class LLaDAConfig(PreTrainedConfig):
+    r"""Configuration of a LLaDA masked-diffusion transformer (defaults: LLaDA-8B).
+
+    A Llama-style block (RMSNorm, RoPE, SwiGLU, separate q/k/v) with bidirectional attention and an untied head.
+    `mask_token_id` is part of the model config because losses and likelihoods need it, not only generation.
+
+    ```python
+    >>> from llada_hf import LLaDAConfig, LLaDAModelLM
+    >>> config = LLaDAConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4)
+    >>> model = LLaDAModelLM(config)
+    ```
+    """
+
+    model_type = "llada"
+    keys_to_ignore_at_inference = ["past_key_values"]
+    attribute_map = {
+        "d_model": "hidden_size",
+        "n_heads": "num_attention_heads",
+        "n_kv_heads": "num_key_value_heads",
+        "n_layers": "num_hidden_layers",
+        "mlp_hidden_size": "intermediate_size",
+        "max_sequence_length": "max_position_embeddings",
+        "weight_tying": "tie_word_embeddings",
+    }
+    base_model_tp_plan = {
+        "layers.*.self_attn.q_proj": "colwise",
+        "layers.*.self_attn.k_proj": "colwise",
+        "layers.*.self_attn.v_proj": "colwise",
+        "layers.*.self_attn.o_proj": "rowwise",
+        "layers.*.mlp.gate_proj": "colwise",
+        "layers.*.mlp.up_proj": "colwise",
+        "layers.*.mlp.down_proj": "rowwise",
+    }
+    base_model_pp_plan = {
+        "embed_tokens": (["input_ids"], ["inputs_embeds"]),
+        "layers": (["hidden_states", "attention_mask"], ["hidden_states"]),
+        "norm": (["hidden_states"], ["hidden_states"]),
+    }
+
+    vocab_size: int = 126464
+    hidden_size: int = 4096
+    intermediate_size: int = 12288
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32
+    num_key_value_heads: int | None = None
+    hidden_act: str = "silu"
+    max_position_embeddings: int = 4096
+    initializer_range: float = 0.02
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 500000.0
+    attention_bias: bool = False
+    attention_dropout: float = 0.0
+    embedding_size: int | None = None
+    mask_token_id: int | None = 126336
+    pad_token_id: int | None = 126081
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = 126081
+    tie_word_embeddings: bool = False
+    use_cache: bool = False
+
+    def __post_init__(self, **kwargs):
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        if self.embedding_size is None:
+            self.embedding_size = self.vocab_size
+        for key, allowed in _SUPPORTED_OLMO_SWITCHES.items():
+            if key in kwargs and kwargs[key] not in allowed:
+                raise ValueError(f"LLaDAConfig: `{key}={kwargs[key]!r}` is not supported (supported: {allowed}).")
+        if kwargs.get("multi_query_attention"):
+            raise ValueError("LLaDAConfig: `multi_query_attention` is not supported; set `n_kv_heads` instead.")
+        auto_map = kwargs.get("auto_map")
+        if isinstance(auto_map, dict) and auto_map.get("AutoConfig") == _OFFICIAL_AUTO_MAP_TARGET:
+            # The official remote-code pointers; native loading does not need them and the files are not copied.
+            kwargs.pop("auto_map")
+        super().__post_init__(**kwargs)
+        self.validate_architecture()
+
+    def validate_architecture(self):
+        """Shape checks with errors that name the offending fields."""
+        if self.hidden_size % self.num_attention_heads != 0:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
+                f"({self.num_attention_heads})."
+            )
+        if (self.hidden_size // self.num_attention_heads) % 2 != 0:
+            raise ValueError(f"head_dim ({self.hidden_size // self.num_attention_heads}) must be even for RoPE.")
+        if self.num_attention_heads % self.num_key_value_heads != 0:
+            raise ValueError(
+                f"num_attention_heads ({self.num_attention_heads}) must be divisible by num_key_value_heads "
+                f"({self.num_key_value_heads})."
+            )
+        if self.embedding_size != self.vocab_size:
+            raise ValueError(
+                f"embedding_size ({self.embedding_size}) != vocab_size ({self.vocab_size}) is not supported: "
+                "the released checkpoints use equal sizes."
+            )
+        if self.mask_token_id is not None and not 0 <= self.mask_token_id < self.vocab_size:
+            raise ValueError(f"mask_token_id ({self.mask_token_id}) is outside the vocabulary [0, {self.vocab_size}).")
+        if self.mask_token_id is not None and self.mask_token_id == self.pad_token_id:
+            raise ValueError(f"pad_token_id must differ from mask_token_id ({self.mask_token_id}).")
+        if self.hidden_act != "silu":
+            raise ValueError(f"hidden_act={self.hidden_act!r} is not supported (LLaDA uses 'silu').")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+
+__all__ = ["LLaDAConfig"]
