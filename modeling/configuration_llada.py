@@ -26,8 +26,6 @@ _SUPPORTED_OLMO_SWITCHES = {
     "scale_logits": (False,),
     "rope_full_precision": (True,),
 }
-# `auto_map` of the official checkpoints: it points at remote-code files a converted checkpoint no longer has.
-_OFFICIAL_AUTO_MAP_TARGET = "configuration_llada.LLaDAConfig"
 
 
 class LLaDAConfig(PreTrainedConfig):
@@ -100,10 +98,6 @@ class LLaDAConfig(PreTrainedConfig):
                 raise ValueError(f"LLaDAConfig: `{key}={kwargs[key]!r}` is not supported (supported: {allowed}).")
         if kwargs.get("multi_query_attention"):
             raise ValueError("LLaDAConfig: `multi_query_attention` is not supported; set `n_kv_heads` instead.")
-        auto_map = kwargs.get("auto_map")
-        if isinstance(auto_map, dict) and auto_map.get("AutoConfig") == _OFFICIAL_AUTO_MAP_TARGET:
-            # The official remote-code pointers; native loading does not need them and the files are not copied.
-            kwargs.pop("auto_map")
         super().__post_init__(**kwargs)
         self.validate_architecture()
 

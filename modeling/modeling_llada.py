@@ -95,6 +95,9 @@ class LLaDARotaryEmbedding(nn.Module):
     @torch.no_grad()
     def forward(self, position_ids: torch.LongTensor) -> tuple[torch.Tensor, torch.Tensor]:
         """fp32 (cos, sin) of shape (batch, seq, head_dim) for integer positions (batch, seq)."""
+        if self.cos_cached.dtype != torch.float32:  # `model.to(dtype)` cast the tables: rebuild them exactly
+            cos, sin = self.compute_tables(self.config, self.cos_cached.shape[0])
+            self.cos_cached, self.sin_cached = cos.to(self.cos_cached.device), sin.to(self.sin_cached.device)
         cos, sin = self.cos_cached, self.sin_cached
         needed = int(position_ids.max()) + 1 if position_ids.numel() else 0
         if needed > cos.shape[0]:
@@ -254,8 +257,16 @@ class LLaDAPreTrainedModel(PreTrainedModel):
             init.copy_(module.sin_cached, sin)
 
     def save_pretrained(self, save_directory, *args, save_original_format: bool = False, **kwargs):
-        """Save with the native (Llama-style) key names; `export_official` writes the official layout."""
-        return super().save_pretrained(save_directory, *args, save_original_format=save_original_format, **kwargs)
+        """Save with the native (Llama-style) key names; `llada_hf.export` writes the official or remote-code layout.
+
+        A loaded official config carries an `auto_map` to remote-code files this save does not write: drop it.
+        """
+        auto_map = self.config.__dict__.pop("auto_map", None)
+        try:
+            return super().save_pretrained(save_directory, *args, save_original_format=save_original_format, **kwargs)
+        finally:
+            if auto_map is not None:
+                self.config.auto_map = auto_map
 
 
 class LLaDAModel(LLaDAPreTrainedModel):

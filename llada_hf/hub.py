@@ -1,0 +1,47 @@
+"""A small tested hub of configs: `list_hub_configs()` and `load_hub_config(name, **overrides)`.
+
+Names are the file paths under `hub_configs/` without `.json`, e.g. `GSAI-ML/LLaDA-8B-Instruct` (the official
+`config.json`, unchanged) or `llada_hf/tiny`.
+"""
+
+import difflib
+import json
+from importlib import resources
+from pathlib import Path
+
+from .modeling import LLaDAConfig
+
+
+def _config_root() -> Path:
+    return Path(str(resources.files("llada_hf.hub_configs")))
+
+
+def list_hub_configs() -> list[str]:
+    """All config names, sorted (`"GSAI-ML/LLaDA-8B-Base"`, ..., `"llada_hf/tiny"`)."""
+    root = _config_root()
+    return sorted(p.relative_to(root).with_suffix("").as_posix() for p in root.rglob("*.json"))
+
+
+def hub_config_path(name: str) -> Path:
+    """Path of a config file; unknown names raise `ValueError` naming the closest known ones."""
+    names = list_hub_configs()
+    if name not in names:
+        lowered = {n.lower(): n for n in names}
+        close = difflib.get_close_matches(name.lower(), list(lowered), n=3, cutoff=0.3)
+        hint = f" Did you mean: {', '.join(lowered[c] for c in close)}?" if close else ""
+        raise ValueError(f"Unknown hub config {name!r}.{hint} Known: {', '.join(names)}")
+    return _config_root() / f"{name}.json"
+
+
+def load_hub_config(name: str, **overrides) -> LLaDAConfig:
+    """The named config as an `LLaDAConfig`; `overrides` (standard or official key names) replace file values."""
+    config_dict = json.loads(hub_config_path(name).read_text())
+    aliases = LLaDAConfig.attribute_map
+    for key in overrides:  # an override wins over the file's value under either name
+        for alias, standard in aliases.items():
+            if key == standard:
+                config_dict.pop(alias, None)
+            elif key == alias:
+                config_dict.pop(standard, None)
+    config_dict.update(overrides)
+    return LLaDAConfig.from_dict(config_dict)
