@@ -87,7 +87,8 @@ class LLaDAGenerationConfig(GenerationConfig):
                 raise ValueError(f"{name} must be a positive integer or None, got {value!r}.")
         if self.suppress_eos_confidence not in (None, "official", "rank_last"):
             raise ValueError(
-                f"suppress_eos_confidence must be None, 'official' or 'rank_last', got {self.suppress_eos_confidence!r}."
+                "suppress_eos_confidence must be None, 'official' or 'rank_last', "
+                f"got {self.suppress_eos_confidence!r}."
             )
         if self.max_new_tokens is not None and self.max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}.")
@@ -260,6 +261,7 @@ class DiffusionGenerationMixin:
                 attention_mask = attention_mask.repeat_interleave(config.num_return_sequences, dim=0)
 
         plan = self._check_diffusion_inputs(input_ids, attention_mask, config)
+        vocab = self.config.vocab_size
         prompt_len, gen_len = input_ids.shape[1], config.max_new_tokens
         mask_id = config.mask_token_id
         x = F.pad(input_ids, (0, gen_len), value=mask_id)
@@ -270,6 +272,8 @@ class DiffusionGenerationMixin:
                 attention_mask = F.pad(attention_mask, (0, gen_len), value=1)
         prompt_index = x != mask_id
         eos_ids = _as_list(config.eos_token_id)
+        # The default EoT id is the 8B vocabulary's; a smaller vocabulary simply has no EoT token.
+        eot_ids = [config.eot_token_id] if config.eot_token_id is not None and config.eot_token_id < vocab else []
         temperature = config.temperature if config.do_sample else 0.0
         confidence_rule = CONFIDENCE_RULES[config.remasking]
         rows = torch.arange(x.shape[0], device=device)  # rows still being denoised (EOS early stop drops rows)
@@ -298,11 +302,11 @@ class DiffusionGenerationMixin:
                 x0 = sample_tokens(logits, temperature, generator)
                 if config.suppress_eos_confidence == "official":
                     # Official quirk: at T > 0 only the EoT column of the logits is cleared, at T = 0 EOS and EoT.
-                    cleared = [config.eot_token_id] if temperature > 0 else [*eos_ids, config.eot_token_id]
+                    cleared = eot_ids if temperature > 0 else [*eos_ids, *eot_ids]
                     logits[:, :, cleared] = -torch.inf
                 confidence = confidence_rule(logits, x0, generator)
                 if config.suppress_eos_confidence == "rank_last":
-                    is_eos = torch.isin(x0, torch.tensor([*eos_ids, config.eot_token_id], device=device))
+                    is_eos = torch.isin(x0, torch.tensor([*eos_ids, *eot_ids], device=device))
                     confidence = torch.where(is_eos, confidence.float() - 1e4, confidence.float())
                 confidence[:, block_end:] = -torch.inf
                 x0 = torch.where(mask_index, x0, x_rows)
@@ -369,7 +373,9 @@ class DiffusionGenerationMixin:
         if config.pad_token_id is not None and config.pad_token_id == mask_id:
             raise ValueError(f"pad_token_id equals mask_token_id ({mask_id}): padding would be generated over.")
         if attention_mask is not None and attention_mask.shape != input_ids.shape:
-            raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != input_ids {tuple(input_ids.shape)}.")
+            raise ValueError(
+                f"attention_mask shape {tuple(attention_mask.shape)} != input_ids {tuple(input_ids.shape)}."
+            )
         prompt_masks = input_ids == mask_id
         if attention_mask is not None:
             prompt_masks &= attention_mask.bool()
@@ -418,18 +424,18 @@ class _Stream:
         self.streamer, self.prompt_len, self.mask_id, self.sent = streamer, prompt_len, mask_id, 0
         streamer.put(input_ids.cpu())
 
-    def update(self, x: torch.LongTensor) -> None:
+    def update(self, x: torch.LongTensor, draft: bool = True) -> None:
         answer = x[0, self.prompt_len :]
         masked = (answer == self.mask_id).nonzero()
         final = int(masked[0]) if masked.numel() else answer.shape[0]
+        if draft and hasattr(self.streamer, "put_draft"):
+            self.streamer.put_draft(answer.cpu())
         if final > self.sent:
             self.streamer.put(answer[self.sent : final].cpu())
             self.sent = final
-        if hasattr(self.streamer, "put_draft"):
-            self.streamer.put_draft(answer.cpu())
 
     def finish(self, x: torch.LongTensor) -> None:
-        self.update(x)
+        self.update(x, draft=False)
         self.streamer.end()
 
 

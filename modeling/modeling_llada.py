@@ -295,14 +295,20 @@ class LLaDAModel(LLaDAPreTrainedModel):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
             vocab = self.config.vocab_size
-            if not torch.compiler.is_compiling() and input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= vocab):
+            if (
+                not torch.compiler.is_compiling()
+                and input_ids.numel()
+                and (input_ids.min() < 0 or input_ids.max() >= vocab)
+            ):
                 raise ValueError(f"input_ids contain ids outside the vocabulary [0, {vocab}).")
             inputs_embeds = self.embed_tokens(input_ids)
         if position_ids is None:
             # Absolute columns, no correction for left padding: RoPE is relative and padding keys are masked out.
             position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device).unsqueeze(0)
 
-        mask = create_bidirectional_mask(config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask)
+        mask = create_bidirectional_mask(
+            config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask
+        )
         position_embeddings = self.rotary_emb(position_ids)
         hidden_states = inputs_embeds
         for decoder_layer in self.layers[: self.config.num_hidden_layers]:

@@ -226,7 +226,9 @@ def test_hub_config_round_trips_shrinks_and_runs(path, tmp_path):
 
 
 def test_official_8b_configs_are_the_published_ones():
-    published = [json.loads(hub_config_path(f"GSAI-ML/{n}").read_text()) for n in ("LLaDA-8B-Base", "LLaDA-8B-Instruct")]
+    published = [
+        json.loads(hub_config_path(f"GSAI-ML/{n}").read_text()) for n in ("LLaDA-8B-Base", "LLaDA-8B-Instruct")
+    ]
     published.append(json.loads(hub_config_path("GSAI-ML/LLaDA-1.5").read_text()))
     assert published[0] == published[1] == published[2]  # byte-identical on the hub
     assert len(published[0]) == 46 and set(published[0]) == set(json.loads((GOLDEN_DIR / "config.json").read_text()))

@@ -1,0 +1,49 @@
+"""Multi-turn chat with the semantics of the official `chat.py`.
+
+Each turn templates only the new user message. The first turn uses it as the prompt; later turns append it, minus
+its leading BOS, to the previous prompt + answer with every EOS removed (earlier answers keep their `<|eot_id|>`).
+Replies are decoded with `skip_special_tokens=True`. Official settings: 128 new tokens, 128 steps, block 32, greedy.
+"""
+
+import torch
+
+OFFICIAL_CHAT_SETTINGS = {
+    "max_new_tokens": 128,
+    "steps": 128,
+    "block_length": 32,
+    "do_sample": False,
+    "cfg_scale": 0.0,
+}
+
+
+class ChatSession:
+    """Keeps the token history of a conversation; `send(message)` returns the model's reply text."""
+
+    def __init__(self, model, tokenizer, **generate_kwargs) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.generate_kwargs = {**OFFICIAL_CHAT_SETTINGS, **generate_kwargs}
+        self.history: torch.LongTensor | None = None  # prompt + answers so far, EOS removed
+
+    def build_prompt(self, message: str) -> torch.LongTensor:
+        """The next prompt: the templated user turn, appended (without its BOS) to the history."""
+        turn = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": message}], add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+        turn = torch.tensor(turn, dtype=torch.long)
+        return turn if self.history is None else torch.cat([self.history, turn[1:]])
+
+    def send(self, message: str, streamer=None) -> str:
+        prompt = self.build_prompt(message)
+        device = self.model.get_input_embeddings().weight.device
+        output = self.model.generate(prompt[None].to(device), streamer=streamer, **self.generate_kwargs)[0].cpu()
+        answer = output[prompt.shape[0] :]
+        eos_ids = torch.tensor(_as_list(self.tokenizer.eos_token_id))
+        self.history = output[~torch.isin(output, eos_ids)]
+        return self.tokenizer.decode(answer, skip_special_tokens=True)
+
+    def reset(self) -> None:
+        self.history = None
+
+
+def _as_list(token_ids) -> list[int]:
+    return [token_ids] if isinstance(token_ids, int) else list(token_ids)

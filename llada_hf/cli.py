@@ -1,0 +1,120 @@
+"""`llada-hf` command line: demo, chat, export, train."""
+
+import argparse
+import sys
+
+import torch
+
+
+def _load(model_path: str | None, dtype: str = "auto"):
+    """(model, tokenizer): a local folder / hub id, or the embedded demo model when no path is given."""
+    from transformers import AutoModel, AutoTokenizer
+
+    if model_path is None:
+        from .demo import load_demo_model
+
+        return load_demo_model()
+    torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
+    model = AutoModel.from_pretrained(model_path, dtype=torch_dtype).eval()
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    return model, AutoTokenizer.from_pretrained(model_path)
+
+
+def _add_generation_args(parser: argparse.ArgumentParser, **defaults) -> None:
+    parser.add_argument("--max-new-tokens", type=int, default=defaults.get("max_new_tokens", 128))
+    parser.add_argument("--steps", type=int, default=defaults.get("steps", 128))
+    parser.add_argument("--block-length", type=int, default=defaults.get("block_length", 32))
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--cfg-scale", type=float, default=0.0)
+    parser.add_argument("--remasking", default="low_confidence")
+    parser.add_argument("--threshold", type=float, default=None)
+
+
+def _generation_kwargs(args: argparse.Namespace) -> dict:
+    return dict(
+        max_new_tokens=args.max_new_tokens,
+        steps=args.steps,
+        block_length=args.block_length,
+        do_sample=args.temperature > 0,
+        temperature=args.temperature or None,
+        cfg_scale=args.cfg_scale,
+        remasking=args.remasking,
+        threshold=args.threshold,
+    )
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from .chat import ChatSession
+    from .visualize import DenoisingVisualizer
+
+    model, tokenizer = _load(args.model, args.dtype)
+    session = ChatSession(model, tokenizer, **_generation_kwargs(args))
+    print("Chat with LLaDA (empty line or 'exit' to quit).", flush=True)
+    for line in sys.stdin:
+        message = line.strip()
+        if not message or message == "exit":
+            break
+        streamer = DenoisingVisualizer(tokenizer, total_steps=args.steps) if args.visualize else None
+        reply = session.send(message, streamer=streamer)
+        print(f"LLaDA: {reply}", flush=True)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_official, export_remote_code
+
+    model, tokenizer = _load(args.model, "auto")
+    if args.format == "official":
+        export_official(model, args.output)
+    else:
+        export_remote_code(model, args.output, tokenizer=tokenizer)
+    print(f"wrote {args.format} checkpoint to {args.output}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
+    from .training import train_main
+
+    return train_main(rest)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="llada-hf", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="generate with the embedded demo model, showing the denoising")
+    demo.add_argument("--model", default=None, help="model folder or hub id (default: the embedded demo model)")
+    demo.add_argument("--prompt", action="append", default=None, help="prompt (repeatable)")
+    demo.add_argument("--no-visualize", action="store_true")
+    demo.add_argument("--dtype", default="auto")
+
+    chat = sub.add_parser("chat", help="multi-turn chat (official chat.py semantics)")
+    chat.add_argument("--model", default=None, help="model folder or hub id (default: the embedded demo model)")
+    chat.add_argument("--dtype", default="auto")
+    chat.add_argument("--visualize", action="store_true", help="draw the canvas while it denoises")
+    _add_generation_args(chat)
+
+    export = sub.add_parser("export", help="write an official-layout or trust_remote_code checkpoint")
+    export.add_argument("--model", required=True)
+    export.add_argument("--format", choices=["official", "remote-code"], default="remote-code")
+    export.add_argument("--output", required=True)
+
+    sub.add_parser("train", help="train or fine-tune (see `llada-hf train --help`)", add_help=False)
+
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "train":
+        return cmd_train(args, rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return {"demo": cmd_demo, "chat": cmd_chat, "export": cmd_export}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
