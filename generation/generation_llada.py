@@ -38,6 +38,12 @@ class LLaDAGenerationConfig(GenerationConfig):
         early_stop: per row, stop spending forwards once its answer is final up to the first EOS (rest: EOS).
         infill: allow mask tokens inside the prompt; they are filled too (in the first block's steps).
         output_history: with `return_dict_in_generate`, keep the canvas after every step.
+        fast: compute logits, sampling and confidences only on the current block's columns (the only candidates),
+            drawing random numbers in the official shapes; `False` runs the literal official computation.
+        cache: `"none"`, `"prefix"` or `"dual"` (Fast-dLLM KV caching, approximate by design): each block starts with
+            a full forward that caches keys/values; later steps recompute only the block and what follows it
+            (`"prefix"`) or only the block (`"dual"`), reading the other columns from the cache.
+        compile: run the transformer body through `torch.compile`.
     """
 
     _diffusion_defaults = {
@@ -53,6 +59,9 @@ class LLaDAGenerationConfig(GenerationConfig):
         "early_stop": False,
         "infill": False,
         "output_history": False,
+        "fast": True,
+        "cache": "none",
+        "compile": False,
     }
 
     def __init__(self, **kwargs):
@@ -90,6 +99,8 @@ class LLaDAGenerationConfig(GenerationConfig):
                 "suppress_eos_confidence must be None, 'official' or 'rank_last', "
                 f"got {self.suppress_eos_confidence!r}."
             )
+        if self.cache not in CACHE_MODES:
+            raise ValueError(f"Unknown cache {self.cache!r}; valid: {list(CACHE_MODES)}.")
         if self.max_new_tokens is not None and self.max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}.")
         # The base checks, without its autoregressive max_new_tokens > 0 rule (0 is valid here: infilling only).
@@ -104,24 +115,26 @@ class LLaDAGenerationConfig(GenerationConfig):
 # Strategies: small named functions, selected by name
 
 
-def low_confidence(logits: torch.Tensor, x0: torch.Tensor, generator=None) -> torch.Tensor:
+def low_confidence(logits: torch.Tensor, x0: torch.Tensor, generator=None, **_) -> torch.Tensor:
     """Probability of the predicted token under softmax(logits), in the logits' dtype (official: bf16)."""
     probs = F.softmax(logits, dim=-1)
     return torch.gather(probs, -1, x0.unsqueeze(-1)).squeeze(-1)
 
 
-def random_confidence(logits: torch.Tensor, x0: torch.Tensor, generator=None) -> torch.Tensor:
-    """Uniform random scores: one fp32 `rand((B, L))` draw, as the official sampler."""
-    return torch.rand(x0.shape, device=x0.device, generator=generator)
+def random_confidence(logits: torch.Tensor, x0: torch.Tensor, generator=None, offset: int = 0, length=None):
+    """Uniform random scores: one fp32 `rand((B, L))` draw over the whole canvas (official shape), then windowed."""
+    length = length or x0.shape[1]
+    scores = torch.rand((x0.shape[0], length), device=x0.device, generator=generator)
+    return scores[:, offset : offset + x0.shape[1]]
 
 
-def margin_confidence(logits: torch.Tensor, x0: torch.Tensor, generator=None) -> torch.Tensor:
+def margin_confidence(logits: torch.Tensor, x0: torch.Tensor, generator=None, **_) -> torch.Tensor:
     """Top-1 minus top-2 probability: commits positions where the model is not torn between two tokens."""
     top2 = F.softmax(logits.float(), dim=-1).topk(2, dim=-1).values
     return top2[..., 0] - top2[..., 1]
 
 
-def entropy_confidence(logits: torch.Tensor, x0: torch.Tensor, generator=None) -> torch.Tensor:
+def entropy_confidence(logits: torch.Tensor, x0: torch.Tensor, generator=None, **_) -> torch.Tensor:
     """Negative entropy of the predictive distribution (higher = more certain)."""
     log_probs = F.log_softmax(logits.float(), dim=-1)
     return (log_probs.exp() * log_probs).sum(-1)
@@ -135,13 +148,19 @@ CONFIDENCE_RULES = {
 }
 
 
-def sample_tokens(logits: torch.Tensor, temperature: float, generator=None) -> torch.Tensor:
-    """argmax at temperature 0; else Gumbel-max in float64 over the whole tensor (official RNG shape and order)."""
+def sample_tokens(logits: torch.Tensor, temperature: float, generator=None, offset: int = 0, length=None):
+    """argmax at temperature 0; else Gumbel-max in float64: exp(logits) / (-log u)^T, u ~ U(0, 1).
+
+    The uniform noise is drawn for the whole canvas (`length` columns, the official shape and RNG order) even when
+    `logits` covers only the window starting at `offset`, so windowed and full sampling give the same tokens.
+    """
     if temperature == 0:
         return logits.argmax(dim=-1)
-    logits64 = logits.to(torch.float64)
-    uniform = torch.rand(logits64.shape, dtype=torch.float64, device=logits64.device, generator=generator)
-    return (logits64.exp() / (-torch.log(uniform)) ** temperature).argmax(dim=-1)
+    batch, width, vocab = logits.shape
+    shape = (batch, length or width, vocab)
+    uniform = torch.rand(shape, dtype=torch.float64, device=logits.device, generator=generator)
+    uniform = uniform[:, offset : offset + width]
+    return (logits.to(torch.float64).exp() / (-torch.log(uniform)) ** temperature).argmax(dim=-1)
 
 
 def transfer_schedule(mask_counts: torch.Tensor, steps: int) -> list[list[int]]:
@@ -180,6 +199,42 @@ class DiffusionGenerateOutput(ModelOutput):
     sequences: torch.LongTensor | None = None
     nfe: int | None = None
     history: tuple[torch.LongTensor, ...] | None = None
+
+
+class DiffusionKVCache:
+    """Keys/values (after RoPE) of the whole canvas, per layer, for Fast-dLLM-style prefix and dual caching.
+
+    A refresh forward (query = the whole canvas) stores them. A cached forward runs only the query columns
+    [start, end): their fresh keys/values are written in place and attention reads every column from the store, so
+    columns outside the query use keys/values computed when the canvas was more masked (approximate by design).
+    Positions are absolute canvas columns, so stored post-RoPE keys never need re-rotation.
+    """
+
+    def __init__(self) -> None:
+        self.keys: dict[int, torch.Tensor] = {}
+        self.values: dict[int, torch.Tensor] = {}
+        self.refresh, self.start, self.end = True, 0, None
+
+    def begin(self, refresh: bool, start: int, end: int) -> None:
+        self.refresh, self.start, self.end = refresh, start, end
+
+    def update(self, layer_idx: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.refresh:
+            self.keys[layer_idx], self.values[layer_idx] = key, value
+            return key, value
+        keys, values = self.keys[layer_idx], self.values[layer_idx]
+        keys[:, :, self.start : self.end] = key
+        values[:, :, self.start : self.end] = value
+        return keys, values
+
+    def select(self, index: torch.Tensor) -> None:
+        """Keep only these batch rows (rows that finished early leave the batch)."""
+        for layer_idx in self.keys:
+            self.keys[layer_idx] = self.keys[layer_idx][index]
+            self.values[layer_idx] = self.values[layer_idx][index]
+
+
+CACHE_MODES = ("none", "prefix", "dual")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -276,53 +331,43 @@ class DiffusionGenerationMixin:
         eot_ids = [config.eot_token_id] if config.eot_token_id is not None and config.eot_token_id < vocab else []
         temperature = config.temperature if config.do_sample else 0.0
         confidence_rule = CONFIDENCE_RULES[config.remasking]
+        length = x.shape[1]
         rows = torch.arange(x.shape[0], device=device)  # rows still being denoised (EOS early stop drops rows)
+        cache = DiffusionKVCache() if config.cache != "none" else None
         history, nfe = [], 0
         stream = _Stream(streamer, input_ids, prompt_len, mask_id) if streamer is not None else None
 
-        for block_end, steps in plan:
+        for block_start, block_end, steps in plan:
             if rows.numel() == 0:
                 break
-            counts = (x[rows, :block_end] == mask_id).sum(-1)
+            if config.infill:  # masks inside the prompt count too: one device sync per block
+                counts = (x[rows, :block_end] == mask_id).sum(-1)
+            else:  # the block is all masks: known on the host, no sync
+                counts = torch.full((rows.numel(),), block_end - block_start)
             schedule = transfer_schedule(counts, steps) if config.threshold is None else None
+            # Columns that get logits: the block (its masks are the only candidates), or the whole canvas.
+            window = (block_start, block_end) if config.fast or cache is not None else (0, length)
             step = 0
-            while True:
+            while step < steps if config.threshold is None else bool((x[rows, :block_end] == mask_id).any()):
+                # Columns run through the model: all of them, except cached steps after a block's first.
+                query = (0, length)
+                if cache is not None and step > 0:
+                    query = (block_start, length if config.cache == "prefix" else block_end)
                 x_rows = x[rows]
-                mask_index = x_rows == mask_id
-                block_masked = mask_index[:, :block_end].any(-1)
-                if config.threshold is not None and not bool(block_masked.any()):
-                    break
-                if config.threshold is None and step == steps:
-                    break
                 mask_rows = attention_mask[rows] if attention_mask is not None else None
-                logits = self._diffusion_logits(x_rows, mask_rows, prompt_index[rows], config)
+                logits = self._diffusion_logits(x_rows, mask_rows, prompt_index[rows], config, query, window, cache)
                 nfe += 1
-                if config.suppress_eos_logits:
-                    logits[:, :, eos_ids] = -torch.inf
-                x0 = sample_tokens(logits, temperature, generator)
-                if config.suppress_eos_confidence == "official":
-                    # Official quirk: at T > 0 only the EoT column of the logits is cleared, at T = 0 EOS and EoT.
-                    cleared = eot_ids if temperature > 0 else [*eos_ids, *eot_ids]
-                    logits[:, :, cleared] = -torch.inf
-                confidence = confidence_rule(logits, x0, generator)
-                if config.suppress_eos_confidence == "rank_last":
-                    is_eos = torch.isin(x0, torch.tensor([*eos_ids, *eot_ids], device=device))
-                    confidence = torch.where(is_eos, confidence.float() - 1e4, confidence.float())
-                confidence[:, block_end:] = -torch.inf
-                x0 = torch.where(mask_index, x0, x_rows)
-                confidence = torch.where(mask_index, confidence, -torch.inf)
-                if config.threshold is None:
-                    transfer = select_topk(confidence, [schedule[r][step] for r in range(len(rows))])
-                else:
-                    transfer = select_threshold(confidence, config.threshold)
-                x[rows] = torch.where(transfer, x0, x_rows)
+                x_window = x_rows[:, window[0] : window[1]]
+                transfer, x0 = self._diffusion_step(logits, x_window, window, block_end, length, config, schedule,
+                                                    step, temperature, confidence_rule, generator, eos_ids, eot_ids)  # fmt: skip
+                x[rows, window[0] : window[1]] = torch.where(transfer, x0, x_window)
                 step += 1
                 if config.output_history:
                     history.append(x.clone())
                 if stream is not None:
                     stream.update(x)
                 if config.early_stop:
-                    rows, schedule = self._drop_finished_rows(x, rows, schedule, prompt_len, mask_id, eos_ids)
+                    rows, schedule = self._drop_finished_rows(x, rows, schedule, prompt_len, mask_id, eos_ids, cache)
                     if rows.numel() == 0:
                         break
 
@@ -332,18 +377,70 @@ class DiffusionGenerationMixin:
             return DiffusionGenerateOutput(sequences=x, nfe=nfe, history=tuple(history) if history else None)
         return x
 
-    def _diffusion_logits(self, x, attention_mask, prompt_index, config) -> torch.Tensor:
-        """One forward; with CFG a doubled batch whose second half has the prompt masked: un + (s + 1)(cond - un)."""
+    @staticmethod
+    def _diffusion_step(logits, x_window, window, block_end, length, config, schedule, step, temperature,
+                        confidence_rule, generator, eos_ids, eot_ids):  # fmt: skip
+        """Predict, score and pick the columns to commit, within the window [start, end) of the canvas.
+
+        Order as in the official sampler: EOS logit suppression, x0 (argmax or Gumbel), the confidence rule on the
+        un-noised logits, later blocks and committed columns excluded, then top-k (or threshold) selection.
+        """
+        start, end = window
+        if config.suppress_eos_logits:
+            logits[:, :, eos_ids] = -torch.inf
+        x0 = sample_tokens(logits, temperature, generator, offset=start, length=length)
+        if config.suppress_eos_confidence == "official":
+            # Official quirk: at T > 0 only the EoT column of the logits is cleared, at T = 0 EOS and EoT.
+            logits[:, :, eot_ids if temperature > 0 else [*eos_ids, *eot_ids]] = -torch.inf
+        confidence = confidence_rule(logits, x0, generator, offset=start, length=length)
+        if config.suppress_eos_confidence == "rank_last":
+            is_eos = torch.isin(x0, torch.tensor([*eos_ids, *eot_ids], device=x0.device))
+            confidence = torch.where(is_eos, confidence.float() - 1e4, confidence.float())
+        confidence[:, block_end - start :] = -torch.inf
+        mask_index = x_window == config.mask_token_id
+        x0 = torch.where(mask_index, x0, x_window)
+        confidence = torch.where(mask_index, confidence, -torch.inf)
+        if window != (0, length):  # select on the full row, exactly as the official per-row topk sees it
+            full = confidence.new_full((confidence.shape[0], length), -torch.inf)
+            full[:, start:end] = confidence
+            confidence = full
+        if config.threshold is None:
+            transfer = select_topk(confidence, [row[step] for row in schedule])
+        else:
+            transfer = select_threshold(confidence, config.threshold)
+        return transfer[:, start:end], x0
+
+    def _diffusion_logits(self, x, attention_mask, prompt_index, config, query, window, cache) -> torch.Tensor:
+        """Logits of the window's columns from one forward over the query's columns.
+
+        With CFG the batch is doubled, its second half with the prompt masked: un + (s + 1)(cond - un).
+        """
         if config.cfg_scale > 0:
-            un_x = torch.where(prompt_index, config.mask_token_id, x)
-            both = torch.cat([x, un_x])
-            mask = torch.cat([attention_mask, attention_mask]) if attention_mask is not None else None
-            cond, uncond = self(both, attention_mask=mask).logits.chunk(2)
+            x = torch.cat([x, torch.where(prompt_index, config.mask_token_id, x)])
+            attention_mask = torch.cat([attention_mask, attention_mask]) if attention_mask is not None else None
+        start, end = query
+        if cache is not None:
+            cache.begin(refresh=query == (0, x.shape[1]), start=start, end=end)
+        forward = self._compiled_forward() if config.compile else self
+        logits = forward(
+            input_ids=x[:, start:end],
+            attention_mask=attention_mask,
+            position_ids=torch.arange(start, end, device=x.device)[None],
+            diffusion_cache=cache,
+            logits_to_keep=slice(window[0] - start, window[1] - start),
+        ).logits
+        if config.cfg_scale > 0:
+            cond, uncond = logits.chunk(2)
             return uncond + (config.cfg_scale + 1) * (cond - uncond)
-        return self(x, attention_mask=attention_mask).logits
+        return logits
+
+    def _compiled_forward(self):
+        if getattr(self, "_llada_compiled_forward", None) is None:
+            self._llada_compiled_forward = torch.compile(self, dynamic=False)
+        return self._llada_compiled_forward
 
     @staticmethod
-    def _drop_finished_rows(x, rows, schedule, prompt_len, mask_id, eos_ids):
+    def _drop_finished_rows(x, rows, schedule, prompt_len, mask_id, eos_ids, cache=None):
         """Rows whose answer has no mask before its first EOS are final: fill their masks with EOS, stop them."""
         answer = x[rows, prompt_len:]
         is_eos = torch.isin(answer, torch.tensor(eos_ids, device=x.device))
@@ -358,10 +455,14 @@ class DiffusionGenerationMixin:
         keep = (~finished).tolist()
         if schedule is not None:
             schedule = [s for s, k in zip(schedule, keep) if k]
+        if cache is not None:
+            kept = (~finished).nonzero().flatten()
+            cache_rows = next(iter(cache.keys.values())).shape[0] if cache.keys else len(keep)
+            cache.select(torch.cat([kept, kept + len(keep)]) if cache_rows == 2 * len(keep) else kept)
         return rows[~finished], schedule
 
     def _check_diffusion_inputs(self, input_ids, attention_mask, config) -> list[tuple[int, int]]:
-        """Validate the request; return the block plan [(block_end_column, steps_in_block), ...]."""
+        """Validate the request; return the block plan [(first_candidate_column, block_end, steps), ...]."""
         mask_id = config.mask_token_id
         if mask_id is None:
             raise ValueError("generation_config.mask_token_id is not set.")
@@ -384,6 +485,8 @@ class DiffusionGenerationMixin:
             raise ValueError(
                 f"The prompt contains the mask token {mask_id}; pass infill=True to fill masks inside the input."
             )
+        if config.infill and config.cache != "none":
+            raise ValueError("cache is not supported with infill=True (prompt masks would need fresh keys).")
         if config.cfg_scale > 0 and input_ids.shape[1] == 0:
             raise ValueError("cfg_scale > 0 needs a prompt: the unconditional branch masks the prompt.")
         gen_len = config.max_new_tokens
@@ -395,7 +498,7 @@ class DiffusionGenerationMixin:
             steps = config.steps or n_masks
             if config.threshold is None and steps > n_masks:
                 raise ValueError(f"steps ({steps}) > masks to fill ({n_masks}): some steps would commit nothing.")
-            return [(prompt_len, steps)]
+            return [(0, prompt_len, steps)]
         block_length = config.block_length or gen_len
         if gen_len % block_length:
             raise ValueError(f"max_new_tokens ({gen_len}) must be divisible by block_length ({block_length}).")
@@ -406,7 +509,9 @@ class DiffusionGenerationMixin:
                 raise ValueError(f"steps ({steps}) > max_new_tokens ({gen_len}): some steps would commit nothing.")
             if steps % num_blocks:
                 raise ValueError(f"steps ({steps}) must be divisible by the number of blocks ({num_blocks}).")
-        return [(prompt_len + (b + 1) * block_length, steps // num_blocks) for b in range(num_blocks)]
+        first = 0 if config.infill else prompt_len  # prompt masks are candidates in every block
+        blocks = [(prompt_len + b * block_length, prompt_len + (b + 1) * block_length) for b in range(num_blocks)]
+        return [(first if b == 0 else start, end, steps // num_blocks) for b, (start, end) in enumerate(blocks)]
 
 
 def _as_list(token_ids) -> list[int]:

@@ -1,4 +1,4 @@
-"""`llada-hf` command line: demo, chat, export, train."""
+"""`llada-hf` command line: demo, chat, export, train, eval."""
 
 import argparse
 import sys
@@ -79,6 +79,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
+    from .lm_eval_backend import main as lm_eval_main
+
+    lm_eval_main(rest)
+    return 0
+
+
 def cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
     from .training import train_main
 
@@ -107,10 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--output", required=True)
 
     sub.add_parser("train", help="train or fine-tune (see `llada-hf train --help`)", add_help=False)
+    sub.add_parser("eval", help="lm-eval with the llada_hf backend (lm_eval's arguments)", add_help=False)
 
     args, rest = parser.parse_known_args(argv)
     if args.command == "train":
         return cmd_train(args, rest)
+    if args.command == "eval":
+        return cmd_eval(args, rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return {"demo": cmd_demo, "chat": cmd_chat, "export": cmd_export}[args.command](args)

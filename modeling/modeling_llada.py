@@ -173,6 +173,7 @@ class LLaDAAttention(nn.Module):
         hidden_states: torch.Tensor,
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
         attention_mask: torch.Tensor | None = None,
+        diffusion_cache=None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         input_shape = hidden_states.shape[:-1]
@@ -181,6 +182,8 @@ class LLaDAAttention(nn.Module):
         key_states = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
         value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
         query_states, key_states = apply_rotary_pos_emb(query_states, key_states, *position_embeddings)
+        if diffusion_cache is not None:  # generation's prefix/dual KV cache: keys of all canvas columns
+            key_states, value_states = diffusion_cache.update(self.layer_idx, key_states, value_states)
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
@@ -226,10 +229,15 @@ class LLaDADecoderLayer(GradientCheckpointingLayer):
         hidden_states: torch.Tensor,
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
         attention_mask: torch.Tensor | None = None,
+        diffusion_cache=None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> torch.Tensor:
         attn_output, _ = self.self_attn(
-            self.input_layernorm(hidden_states), position_embeddings, attention_mask=attention_mask, **kwargs
+            self.input_layernorm(hidden_states),
+            position_embeddings,
+            attention_mask=attention_mask,
+            diffusion_cache=diffusion_cache,
+            **kwargs,
         )
         hidden_states = hidden_states + attn_output
         return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
@@ -289,8 +297,11 @@ class LLaDAModel(LLaDAPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
+        diffusion_cache=None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutput:
+        """`diffusion_cache` (a `DiffusionKVCache` from generation) lets the inputs be a slice of the canvas at
+        `position_ids`, attending to cached keys of every column; `attention_mask` then covers the whole canvas."""
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
@@ -306,14 +317,28 @@ class LLaDAModel(LLaDAPreTrainedModel):
             # Absolute columns, no correction for left padding: RoPE is relative and padding keys are masked out.
             position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device).unsqueeze(0)
 
-        mask = create_bidirectional_mask(
-            config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask
-        )
+        if (
+            attention_mask is not None
+            and attention_mask.dim() == 2
+            and attention_mask.shape[1] != inputs_embeds.shape[1]
+        ):
+            # Queries are a slice of the canvas (cached generation): mask padding keys of the whole canvas.
+            keep = attention_mask.bool()[:, None, None, :].expand(-1, 1, inputs_embeds.shape[1], -1)
+            mask = torch.zeros(keep.shape, dtype=inputs_embeds.dtype, device=inputs_embeds.device)
+            mask = mask.masked_fill(~keep.to(mask.device), torch.finfo(inputs_embeds.dtype).min)
+        else:
+            mask = create_bidirectional_mask(
+                config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask
+            )
         position_embeddings = self.rotary_emb(position_ids)
         hidden_states = inputs_embeds
         for decoder_layer in self.layers[: self.config.num_hidden_layers]:
             hidden_states = decoder_layer(
-                hidden_states, position_embeddings=position_embeddings, attention_mask=mask, **kwargs
+                hidden_states,
+                position_embeddings=position_embeddings,
+                attention_mask=mask,
+                diffusion_cache=diffusion_cache,
+                **kwargs,
             )
         return BaseModelOutput(last_hidden_state=self.norm(hidden_states))
 
@@ -347,17 +372,25 @@ class LLaDAModelLM(LLaDAPreTrainedModel, DiffusionGenerationMixin):
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         p_mask: torch.Tensor | None = None,
+        logits_to_keep: slice | None = None,
+        diffusion_cache=None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> MaskedLMOutput:
+        """`logits_to_keep` (a slice of positions) runs the 126k-column head only where logits are needed (the
+        sampler's current block); `diffusion_cache` is generation's prefix/dual KV cache."""
         outputs: BaseModelOutput = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
             inputs_embeds=inputs_embeds,
+            diffusion_cache=diffusion_cache,
             return_dict=True,
             **kwargs,
         )
-        logits = self.lm_head(outputs.last_hidden_state)
+        hidden_states = outputs.last_hidden_state
+        if logits_to_keep is not None:
+            hidden_states = hidden_states[:, logits_to_keep]
+        logits = self.lm_head(hidden_states)
         loss = None
         if labels is not None:
             loss = masked_diffusion_loss(logits, labels, p_mask)

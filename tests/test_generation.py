@@ -69,7 +69,8 @@ class StubLM(llada_hf.LLaDAModelLM):
         super().__init__(config)
         self.calls, self.eos_from = 0, eos_from
 
-    def forward(self, input_ids=None, attention_mask=None, **kwargs):
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, logits_to_keep=None, **kwargs):
+        assert position_ids is None or position_ids[0, 0] == 0  # the stub needs whole-canvas inputs
         self.calls += 1
         batch, length = input_ids.shape
         logits = torch.zeros(batch, length, self.config.vocab_size)
@@ -79,7 +80,7 @@ class StubLM(llada_hf.LLaDAModelLM):
             preferred = torch.where(positions >= self.eos_from, EOS, preferred)
         strength = 5.0 + (length - positions) * 0.01 + (input_ids != MASK).sum(-1, keepdim=True) * 1e-3
         logits.scatter_(2, preferred.expand(batch, length)[..., None], strength[..., None])
-        return MaskedLMOutput(logits=logits)
+        return MaskedLMOutput(logits=logits[:, logits_to_keep] if logits_to_keep is not None else logits)
 
 
 def stub(eos_from=None) -> StubLM:
