@@ -268,6 +268,18 @@ class DiffusionGenerationMixin:
             except OSError:
                 pass  # keep the one built from the model config
 
+    def _diffusion_device(self, input_ids) -> torch.device:
+        """Where the canvas lives: the embedding's device, or, if accelerate offloaded it (weight on meta), the device
+        its hook computes on, so a GPU + CPU/disk map samples on the GPU (never `self.device`: it can be meta)."""
+        embeddings = self.get_input_embeddings()
+        device = embeddings.weight.device
+        if device.type != "meta":
+            return device
+        execution_device = getattr(getattr(embeddings, "_hf_hook", None), "execution_device", None)
+        if execution_device is not None:
+            return torch.device(execution_device)
+        return input_ids.device if input_ids is not None else torch.device("cpu")
+
     def _prepare_diffusion_config(self, generation_config, kwargs: dict) -> tuple[LLaDAGenerationConfig, dict]:
         """kwargs > passed config > model config; the official-style `temperature=t` alone implies sampling."""
         base = generation_config if generation_config is not None else self.generation_config
@@ -302,9 +314,7 @@ class DiffusionGenerationMixin:
         """
         input_ids = inputs if inputs is not None else kwargs.pop("input_ids", None)
         config, _ = self._prepare_diffusion_config(generation_config, kwargs)
-        device = self.get_input_embeddings().weight.device
-        if device.type == "meta":
-            device = input_ids.device if input_ids is not None else torch.device("cpu")
+        device = self._diffusion_device(input_ids)
         if input_ids is None:
             input_ids = torch.empty((1, 0), dtype=torch.long, device=device)
         input_ids = input_ids.to(device)
@@ -332,6 +342,7 @@ class DiffusionGenerationMixin:
         temperature = config.temperature if config.do_sample else 0.0
         confidence_rule = CONFIDENCE_RULES[config.remasking]
         length = x.shape[1]
+        self.model.rotary_emb.ensure_length(length)  # cached steps pass explicit positions: cover the canvas
         rows = torch.arange(x.shape[0], device=device)  # rows still being denoised (EOS early stop drops rows)
         cache = DiffusionKVCache() if config.cache != "none" else None
         history, nfe = [], 0

@@ -92,18 +92,20 @@ class LLaDARotaryEmbedding(nn.Module):
         angles = torch.cat((freqs, freqs), dim=-1)
         return angles.cos(), angles.sin()
 
-    @torch.no_grad()
-    def forward(self, position_ids: torch.LongTensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """fp32 (cos, sin) of shape (batch, seq, head_dim) for integer positions (batch, seq)."""
-        if self.cos_cached.dtype != torch.float32:  # `model.to(dtype)` cast the tables: rebuild them exactly
+    def ensure_length(self, length: int) -> None:
+        """Grow the tables to `length` positions if needed: built on the tables' device, kept for later calls
+        (the official regrow rule). Also rebuilds tables that `model.to(dtype)` cast out of fp32."""
+        if self.cos_cached.dtype != torch.float32:
             cos, sin = self.compute_tables(self.config, self.cos_cached.shape[0])
             self.cos_cached, self.sin_cached = cos.to(self.cos_cached.device), sin.to(self.sin_cached.device)
-        cos, sin = self.cos_cached, self.sin_cached
-        needed = int(position_ids.max()) + 1 if position_ids.numel() else 0
-        if needed > cos.shape[0]:
-            cos, sin = self.compute_tables(self.config, needed, device=position_ids.device)
-        cos, sin = cos.to(position_ids.device), sin.to(position_ids.device)
-        return cos[position_ids], sin[position_ids]
+        if length > self.cos_cached.shape[0]:
+            self.cos_cached, self.sin_cached = self.compute_tables(self.config, length, self.cos_cached.device)
+
+    @torch.no_grad()
+    def forward(self, position_ids: torch.LongTensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """fp32 (cos, sin) of shape (batch, seq, head_dim) for integer positions (batch, seq) within the tables."""
+        device = position_ids.device
+        return self.cos_cached.to(device)[position_ids], self.sin_cached.to(device)[position_ids]
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -305,17 +307,19 @@ class LLaDAModel(LLaDAPreTrainedModel):
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
+            # Checked where it costs no device sync (CPU); generate() and the likelihood check once up front.
             vocab = self.config.vocab_size
-            if (
-                not torch.compiler.is_compiling()
-                and input_ids.numel()
-                and (input_ids.min() < 0 or input_ids.max() >= vocab)
-            ):
+            if _host_checkable(input_ids) and (input_ids.min() < 0 or input_ids.max() >= vocab):
                 raise ValueError(f"input_ids contain ids outside the vocabulary [0, {vocab}).")
             inputs_embeds = self.embed_tokens(input_ids)
         if position_ids is None:
             # Absolute columns, no correction for left padding: RoPE is relative and padding keys are masked out.
             position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device).unsqueeze(0)
+            needed = inputs_embeds.shape[1]
+        else:  # explicit positions: callers on accelerators make sure the tables cover them (generate() does)
+            needed = int(position_ids.max()) + 1 if _host_checkable(position_ids) else 0
+        if not torch.compiler.is_compiling():
+            self.rotary_emb.ensure_length(needed)
 
         if (
             attention_mask is not None
@@ -401,6 +405,11 @@ class LLaDAModelLM(LLaDAPreTrainedModel, DiffusionGenerationMixin):
     def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, **kwargs) -> dict:
         """Pass-through, so peft's `CAUSAL_LM` wrapper can be built around this model."""
         return {"input_ids": input_ids, **kwargs}
+
+
+def _host_checkable(tensor: torch.Tensor) -> bool:
+    """Whether a value check on `tensor` is free: on the CPU, outside compilation, non-empty."""
+    return tensor.device.type == "cpu" and tensor.numel() > 0 and not torch.compiler.is_compiling()
 
 
 def masked_diffusion_loss(
