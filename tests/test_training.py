@@ -1,0 +1,580 @@
+"""Training: losses against hand computation, the noising collator, Trainer integration (GA, checkpointing, resume,
+DDP), LoRA, AR->diffusion conversion and the CLI. Tiny models on CPU; expected values are recomputed independently."""
+
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_config, tiny_model
+
+import llada_hf
+from llada_hf.training import (
+    DEFAULT_LORA_TARGETS,
+    DiffusionCollator,
+    DiffusionTrainer,
+    annealed_attention_mask,
+    convert_llama_to_llada,
+    diffusion_loss,
+    encode_example,
+    forward_process,
+    get_lora_model,
+    load_model,
+    load_trained,
+    pack_sequences,
+    pretraining_loss,
+    sample_seed,
+    save_trained,
+    sft_loss,
+    train_main,
+)
+
+datasets = pytest.importorskip("datasets")
+peft = pytest.importorskip("peft")
+from transformers import TrainerCallback, TrainingArguments  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+MASK, EOS, BOS = 1000, 1001, 1002
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models on shared cores: 2 threads were 10x slower than 1 (oversubscription)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _script(name: str):
+    """Import a module from scripts/ (they are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _checkpointing_flag() -> dict:
+    """`activation_checkpointing` on transformers 5.23, `gradient_checkpointing` before."""
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return (
+        {"activation_checkpointing": True} if "activation_checkpointing" in names else {"gradient_checkpointing": True}
+    )
+
+
+def _args(tmp_path, **kwargs) -> TrainingArguments:
+    params = dict(
+        output_dir=str(tmp_path / "out"), learning_rate=1e-3, warmup_steps=0, save_strategy="no", report_to=[],
+        disable_tqdm=True, use_cpu=True, seed=0, logging_steps=1, max_grad_norm=0.0,
+    )  # fmt: skip
+    params.update(kwargs)
+    return TrainingArguments(**params)
+
+
+def _toy_rows(count: int = 16, seed: int = 0) -> list[dict]:
+    return _script("train_ddp_check").toy_rows(count, seed)
+
+
+def _hand_loss(model, ids, draws_t, draws_u, eps, prompt_lengths=None, normalizers=None):
+    """Explicit loops: mask where u < (1 - eps) t + eps (answers only), CE from float64 log-softmax, weighted sum."""
+    b, length = ids.shape
+    noisy = ids.clone()
+    masked = []
+    for i in range(b):
+        p = (1 - eps) * float(draws_t[i]) + eps
+        for j in range(length):
+            in_answer = prompt_lengths is None or j >= prompt_lengths[i]
+            if in_answer and float(draws_u[i, j]) < p:
+                noisy[i, j] = MASK
+                masked.append((i, j, p))
+    with torch.no_grad():
+        log_probs = torch.log_softmax(model(input_ids=noisy).logits.double(), dim=-1)
+    total = 0.0
+    for i, j, p in masked:
+        n = normalizers[i] if normalizers is not None else 1.0
+        total += -float(log_probs[i, j, ids[i, j]]) / p / n
+    return total / b if normalizers is not None else total / (b * length), len(masked)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Losses
+
+
+@pytest.mark.parametrize("random_length_prob", [0.0, 0.01, 1.0])
+def test_pretraining_loss_matches_hand_computation(random_length_prob):
+    model = tiny_model(0)
+    ids = torch.randint(0, 900, (3, 12), generator=torch.Generator().manual_seed(1))
+    eps = 0.05
+    loss = pretraining_loss(
+        model, ids, eps=eps, random_length_prob=random_length_prob, generator=torch.Generator().manual_seed(7)
+    )
+    # The documented draw order: rand(1) [, randint] (only with a positive probability), rand(b), rand(b, l).
+    g = torch.Generator().manual_seed(7)
+    if random_length_prob > 0 and torch.rand(1, generator=g).item() < random_length_prob:
+        ids = ids[:, : int(torch.randint(1, ids.shape[1] + 1, (1,), generator=g))]
+    draws_t = torch.rand(ids.shape[0], generator=g)
+    draws_u = torch.rand(ids.shape, generator=g)
+    expected, n_masked = _hand_loss(model, ids, draws_t, draws_u, eps)
+    assert n_masked > 0
+    assert math.isclose(loss.item(), expected, rel_tol=1e-5)
+    if random_length_prob == 1.0:
+        assert ids.shape[1] < 12  # the cut happened (seeded), so the crop path was compared
+
+
+def test_sft_loss_matches_hand_computation():
+    model = tiny_model(0)
+    ids = torch.randint(0, 900, (3, 10), generator=torch.Generator().manual_seed(2))
+    ids[0, 8:] = EOS  # EOS padding is an ordinary answer target
+    prompt_lengths = [2, 4, 6]
+    loss = sft_loss(model, ids, prompt_lengths, eps=0.1, generator=torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)
+    draws_t, draws_u = torch.rand(3, generator=g), torch.rand((3, 10), generator=g)
+    answer_lengths = [10 - p for p in prompt_lengths]
+    expected, n_masked = _hand_loss(model, ids, draws_t, draws_u, 0.1, prompt_lengths, answer_lengths)
+    assert n_masked > 0
+    assert math.isclose(loss.item(), expected, rel_tol=1e-5)
+
+
+def test_sft_prompt_is_never_masked_and_cannot_affect_the_loss():
+    ids = torch.randint(0, 900, (4, 9), generator=torch.Generator().manual_seed(0))
+    prompt_lengths = torch.tensor([1, 3, 5, 8])
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        noisy, labels, _ = forward_process(ids, MASK, eps=0.5, generator=g, prompt_lengths=prompt_lengths)
+        prompt = torch.arange(9)[None, :] < prompt_lengths[:, None]
+        assert torch.equal(noisy[prompt], ids[prompt]) and bool((labels[prompt] == -100).all())
+    # eps = 1 masks every answer token.
+    noisy, labels, p_mask = forward_process(ids, MASK, eps=1.0, generator=g, prompt_lengths=prompt_lengths)
+    assert bool((noisy[~prompt] == MASK).all()) and torch.equal(labels[~prompt], ids[~prompt])
+
+    normalizer = (9 - prompt_lengths).float()
+    logits = torch.randn(4, 9, 1024, generator=g)
+    loss = diffusion_loss(logits, labels, p_mask, normalizer)
+    # Prompt predictions (logits) and whatever the prompt's targets would be do not enter the loss ...
+    changed = logits.clone()
+    changed[prompt] = torch.randn(int(prompt.sum()), 1024, generator=g) * 10
+    assert diffusion_loss(changed, labels, p_mask, normalizer).item() == loss.item()
+    ids2 = ids.clone()
+    ids2[prompt] = (ids2[prompt] + 1) % 900
+    _, labels2, _ = forward_process(ids2, MASK, eps=1.0, generator=g, prompt_lengths=prompt_lengths)
+    assert torch.equal(labels2, labels)
+    # ... while one answer logit does.
+    changed = logits.clone()
+    changed[0, 5, labels[0, 5]] += 3.0
+    assert diffusion_loss(changed, labels, p_mask, normalizer).item() < loss.item()
+
+
+def test_model_forward_loss_equals_pretraining_normalisation():
+    """The model's built-in loss (sum CE / p_mask / numel) is `diffusion_loss` without a normaliser."""
+    model = tiny_model(0)
+    ids = torch.randint(0, 900, (2, 8), generator=torch.Generator().manual_seed(0))
+    noisy, labels, p_mask = forward_process(ids, MASK, generator=torch.Generator().manual_seed(0))
+    out = model(input_ids=noisy, labels=labels, p_mask=p_mask)
+    assert torch.allclose(out.loss, diffusion_loss(out.logits, labels, p_mask), rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Data
+
+
+def test_collator_pads_with_eos_keeps_prompts_and_matches_its_documented_seeding():
+    rows = [{"prompt_ids": [BOS, 5, 6], "answer_ids": [7, 8, 9]}, {"prompt_ids": [BOS, 5], "answer_ids": [7]}]
+    collator = DiffusionCollator(mask_token_id=MASK, pad_token_id=EOS, eps=0.2, seed=11)
+    batch = collator(rows)
+    clean = torch.tensor([[BOS, 5, 6, 7, 8, 9, EOS], [BOS, 5, 7, EOS, EOS, EOS, EOS]])
+    assert "attention_mask" not in batch  # SFT padding is attended and a target
+    assert torch.equal(batch["loss_normalizer"], torch.tensor([4.0, 5.0]))
+    assert torch.equal(torch.where(batch["labels"] == -100, batch["input_ids"], batch["labels"]), clean)
+    # Independent re-derivation of the noise: sample i uses Generator(sample_seed(seed, i)): rand(1) -> t, rand(l).
+    for i, prompt_length in enumerate([3, 2]):
+        g = torch.Generator().manual_seed(sample_seed(11, i))
+        p = 0.8 * torch.rand(1, generator=g).item() + 0.2
+        u = torch.rand(7, generator=g)
+        expected = [j >= prompt_length and u[j].item() < p for j in range(7)]
+        assert (batch["labels"][i] != -100).tolist() == expected
+        assert torch.allclose(batch["p_mask"][i], torch.full((7,), p))
+    # A new call draws new noise (noise per step, not per epoch); the evaluation copy is always the same.
+    assert not torch.equal(collator(rows * 8)["labels"], collator(rows * 8)["labels"])
+    eval_collator = collator.for_evaluation()
+    assert torch.equal(eval_collator(rows)["labels"], collator.for_evaluation()(rows)["labels"])
+
+
+def test_collator_noise_depends_only_on_the_global_sample_position():
+    """One call of 4 rows == two calls of 2 (GA) == ranks 0 and 1 with 2 rows each (DDP)."""
+    rows = _toy_rows(4)
+    make = dict(mask_token_id=MASK, pad_token_id=EOS, max_length=12, pad_to_max_length=True, seed=3)
+    big = DiffusionCollator(**make)(rows)
+    accumulated = DiffusionCollator(**make, batch_size=2)
+    halves = [accumulated(rows[:2]), accumulated(rows[2:])]
+    ranks = [
+        DiffusionCollator(**make, batch_size=2, num_processes=2, process_index=r)(rows[2 * r : 2 * r + 2])
+        for r in (0, 1)
+    ]
+    for split in (halves, ranks):
+        for key in big:
+            assert torch.equal(big[key], torch.cat([part[key] for part in split])), key
+
+
+def test_pretrain_collator_hides_padding_and_cuts_rows():
+    rows = [{"input_ids": list(range(10, 20))}, {"input_ids": list(range(10, 14))}]
+    collator = DiffusionCollator(
+        mask_token_id=MASK, pad_token_id=EOS, mode="pretrain", eps=0.99, random_length_prob=1.0
+    )
+    batch = collator(rows)
+    valid = batch["attention_mask"].sum(-1)
+    assert torch.equal(batch["loss_normalizer"], valid.float())
+    assert bool((valid <= torch.tensor([10, 4])).all()) and bool((valid >= 1).all())
+    padded = batch["attention_mask"] == 0
+    assert bool((batch["labels"][padded] == -100).all())
+    # A cut row is fully masked at eps 0.99 only inside its valid part.
+    assert int((batch["labels"] != -100).sum()) <= int(valid.sum())
+    assert pack_sequences([[1, 2, 3], [4, 5], [6]], 4) == [[1, 2, 3, 4], [5, 6]]
+
+
+def test_encode_example_uses_the_chat_template():
+    tokenizer_module = pytest.importorskip("llada_hf.tokenizer")
+    tokenizer = tokenizer_module.build_tiny_tokenizer()
+    ids, prompt_length = encode_example({"prompt": "What is 2+2?", "answer": " 4 "}, tokenizer)
+    prompt_text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is 2+2?"}], tokenize=False, add_generation_prompt=True
+    )
+    assert tokenizer.decode(ids[:prompt_length]) == prompt_text
+    assert tokenizer.decode(ids[prompt_length:]) == "4<|eot_id|><|endoftext|>"
+    chat = {"messages": [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4"}]}
+    assert encode_example(chat, tokenizer) == (ids, prompt_length)
+    text_ids, zero = encode_example({"text": "ab"}, tokenizer)
+    assert (text_ids, zero) == ([97, 98, EOS], 0)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Trainer integration
+
+
+class _GradRecorder(TrainerCallback):
+    def __init__(self):
+        self.grads, self.losses = [], []
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.grads.append({n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None})
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.losses.append(float(logs["loss"]))
+
+
+def _train(tmp_path, model, rows, collator, **kwargs):
+    recorder = _GradRecorder()
+    trainer = DiffusionTrainer(
+        model=model,
+        args=_args(tmp_path, **kwargs),
+        train_dataset=datasets.Dataset.from_list(rows),
+        data_collator=collator,
+        callbacks=[recorder],
+    )
+    trainer.train(resume_from_checkpoint=kwargs.get("resume_from_checkpoint"))
+    return trainer, recorder
+
+
+def test_trainer_keeps_dataset_columns_the_collator_needs(tmp_path):
+    """Default `remove_unused_columns=True` would drop prompt_ids/answer_ids (not forward arguments)."""
+    trainer = DiffusionTrainer(
+        model=tiny_model(0),
+        args=_args(tmp_path, per_device_train_batch_size=4, max_steps=1),
+        train_dataset=datasets.Dataset.from_list(_toy_rows(8)),
+        data_collator=DiffusionCollator(mask_token_id=MASK, pad_token_id=EOS),
+    )
+    assert trainer.args.remove_unused_columns
+    batch = next(iter(trainer.get_train_dataloader()))
+    rows = {tuple(r["prompt_ids"]): r for r in _toy_rows(8)}
+    for ids, labels in zip(batch["input_ids"], batch["labels"]):
+        clean = torch.where(labels == -100, ids, labels).tolist()
+        matches = [p for p in rows if clean[: len(p)] == list(p)]
+        assert matches, "the prompt was masked or the row lost"
+        assert bool((labels[: len(matches[0])] == -100).all())
+
+
+@pytest.mark.parametrize("mode", ["sft", "pretrain"])
+def test_gradient_accumulation_equals_big_batch(tmp_path, mode):
+    collator = dict(mask_token_id=MASK, pad_token_id=EOS, mode=mode, max_length=12, pad_to_max_length=True)
+    if mode == "pretrain":
+        collator.update(random_length_prob=0.3, pad_to_max_length=False)
+    rows = (
+        _toy_rows(16) if mode == "sft" else [{"input_ids": r["prompt_ids"] + r["answer_ids"]} for r in _toy_rows(16)]
+    )
+    runs = []
+    for batch, accumulation in ((8, 1), (4, 2), (2, 4)):
+        model = tiny_model(0)
+        _, recorder = _train(
+            tmp_path, model, rows, DiffusionCollator(**collator), max_steps=2,
+            per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
+        )  # fmt: skip
+        runs.append((recorder, model))
+    (reference, ref_model), others = runs[0], runs[1:]
+    for recorder, model in others:
+        for step in range(2):
+            for name, grad in reference.grads[step].items():
+                assert (recorder.grads[step][name] - grad).abs().max().item() <= 1e-6, (step, name)
+        assert recorder.losses == pytest.approx(reference.losses, rel=1e-6)
+        for (name, a), b in zip(ref_model.state_dict().items(), model.state_dict().values()):
+            assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tmp_path):
+    rows = _toy_rows(8)
+    collator = dict(mask_token_id=MASK, pad_token_id=EOS, max_length=12, pad_to_max_length=True)
+    results = []
+    for flags in ({}, _checkpointing_flag()):
+        for lora in (False, True):
+            model = tiny_model(0)
+            if lora:
+                model = get_lora_model(model, r=4, init_lora_weights=False)  # nonzero B: every LoRA grad is nonzero
+            _, recorder = _train(
+                tmp_path,
+                model,
+                rows,
+                DiffusionCollator(**collator),
+                max_steps=1,
+                per_device_train_batch_size=8,
+                **flags,
+            )
+            results.append(recorder.grads[0])
+    plain_full, plain_lora, ckpt_full, ckpt_lora = results
+    assert len(plain_lora) == 4 * 7 and all("lora_" in name for name in plain_lora)  # 2 layers x 7 projections x A, B
+    assert all(grad.abs().sum() > 0 for grad in ckpt_lora.values())
+    for plain, ckpt in ((plain_full, ckpt_full), (plain_lora, ckpt_lora)):
+        assert plain.keys() == ckpt.keys()
+        for name in plain:
+            assert torch.allclose(plain[name], ckpt[name], atol=1e-6), name
+
+
+def test_resume_from_checkpoint_continues_exactly(tmp_path):
+    """Pre-training, ragged rows, the length rule; 5 batches per epoch with GA 2 (the last update of each epoch has one
+    batch), so the collator's position after resuming is not simply steps x GA. The checkpoint is in epoch 2."""
+    rows = [{"input_ids": r["prompt_ids"] + r["answer_ids"]} for r in _toy_rows(10)]
+    collator = dict(mask_token_id=MASK, pad_token_id=EOS, mode="pretrain", random_length_prob=0.3)
+    common = dict(max_steps=7, per_device_train_batch_size=2, gradient_accumulation_steps=2)
+    full_model = tiny_model(0)
+    _, full = _train(tmp_path / "a", full_model, rows, DiffusionCollator(**collator), **common)
+    _, first = _train(
+        tmp_path / "b", tiny_model(0), rows, DiffusionCollator(**collator), save_strategy="steps", save_steps=4,
+        **common,
+    )  # fmt: skip
+    checkpoint = tmp_path / "b" / "out" / "checkpoint-4"
+    assert checkpoint.is_dir()
+    resumed_model = tiny_model(1)  # weights come from the checkpoint
+    _, resumed = _train(
+        tmp_path / "b", resumed_model, rows, DiffusionCollator(**collator), resume_from_checkpoint=str(checkpoint),
+        **common,
+    )  # fmt: skip
+    assert len(full.losses) == 7 and first.losses[:4] == pytest.approx(full.losses[:4], rel=1e-6)
+    assert resumed.losses == pytest.approx(full.losses[4:], rel=1e-6)
+    assert len(set(full.losses)) == 7  # fresh noise every step
+    for (name, a), b in zip(full_model.state_dict().items(), resumed_model.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_evaluation_loss_is_deterministic_and_training_lowers_it(tmp_path):
+    rows = _toy_rows(16)
+    trainer = DiffusionTrainer(
+        model=tiny_model(0),
+        args=_args(tmp_path, max_steps=30, per_device_train_batch_size=8, learning_rate=3e-3),
+        train_dataset=datasets.Dataset.from_list(rows),
+        eval_dataset=datasets.Dataset.from_list(rows),
+        data_collator=DiffusionCollator(mask_token_id=MASK, pad_token_id=EOS, max_length=12, pad_to_max_length=True),
+    )
+    before = trainer.evaluate()["eval_loss"]
+    assert trainer.evaluate()["eval_loss"] == before
+    trainer.train()
+    assert trainer.evaluate()["eval_loss"] < 0.8 * before
+
+
+def test_torchrun_two_processes_equal_single_process(tmp_path):
+    out = tmp_path / "ddp.pt"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        str(REPO / "scripts" / "train_ddp_check.py"), "--out", str(out), "--per-device-batch", "2", "--steps", "3",
+    ]  # fmt: skip
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    distributed = torch.load(out)
+    single = _script("train_ddp_check").train(per_device_batch=4, steps=3)
+    initial = tiny_model(0).state_dict()
+    moved = max((single[k] - initial[k]).abs().max().item() for k in single)
+    assert moved > 1e-4  # training changed the weights ...
+    for name, value in single.items():  # ... identically, up to the order of float reductions
+        assert torch.allclose(distributed[name], value, atol=1e-5), name
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# LoRA
+
+
+def test_lora_targets_are_projections_only():
+    model = get_lora_model(tiny_model(0), r=4)
+    adapted = {name.split(".lora_")[0] for name, _ in model.named_parameters() if ".lora_" in name}
+    blocks = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn", "o_proj": "self_attn"}
+    expected = {
+        f"base_model.model.model.layers.{i}.{blocks.get(name, 'mlp')}.{name}"
+        for i in range(2)
+        for name in DEFAULT_LORA_TARGETS
+    }
+    assert adapted == expected
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".lora_" in name for name in trainable)
+    all_linear = get_lora_model(tiny_model(0), r=4, target_modules="all-linear")
+    assert not any("lm_head.lora" in name for name, _ in all_linear.named_parameters())
+
+
+def test_lora_toy_task_learns_merges_saves_and_generates(tmp_path):
+    """Tiny base trained on copying digits; a LoRA adapter then learns 'add 1 to each digit' (held-out strings)."""
+    toy = _script("train_toy")
+    train, held = toy.digit_strings(3)
+    torch.manual_seed(0)
+    model = llada_hf.LLaDAModelLM(tiny_config())
+    toy.pretrain_copy(model, train, steps=300, output_dir=str(tmp_path))
+    model.save_pretrained(tmp_path / "base")  # before peft injects its layers into the module tree
+    base_logits_probe = torch.tensor([toy.sft_row("shift", x)["prompt_ids"] + [MASK] * 5 for x in held[:8]])
+    with torch.no_grad():
+        base_logits = model.eval()(input_ids=base_logits_probe).logits
+    peft_model, before, after = toy.lora_finetune(model, "shift", train, held, steps=300, output_dir=str(tmp_path))
+    assert after < 0.5 * before, (before, after)
+    accuracy = toy.accuracy(peft_model, "shift", held)
+    assert accuracy >= 0.8, accuracy  # generate() through the peft wrapper
+
+    peft_model.eval()
+    with torch.no_grad():
+        adapter_logits = peft_model(input_ids=base_logits_probe).logits
+        assert (adapter_logits - base_logits).abs().max() > 1e-2  # the adapter changed the function
+        peft_model.save_pretrained(tmp_path / "adapter")
+        reloaded = load_trained(tmp_path / "base", adapter=tmp_path / "adapter").eval()
+        assert (reloaded(input_ids=base_logits_probe).logits - adapter_logits).abs().max() <= 1e-5
+        merged = peft_model.merge_and_unload().eval()
+        assert type(merged) is llada_hf.LLaDAModelLM
+        assert (merged(input_ids=base_logits_probe).logits - adapter_logits).abs().max() <= 1e-5
+
+
+@pytest.mark.slow
+def test_lora_reverse_task_slow():
+    result = _script("train_toy").run(task="reverse", steps=600)
+    assert result["eval_loss_after"] < 0.3 * result["eval_loss_before"], result
+    assert result["held_out_accuracy"] >= 0.8, result
+
+
+def test_4bit_loading_needs_bitsandbytes(tmp_path):
+    if importlib.util.find_spec("bitsandbytes") is not None:
+        pytest.skip("bitsandbytes is installed; 4-bit loading needs a CUDA device, not tested here")
+    tiny_model(0).save_pretrained(tmp_path)
+    with pytest.raises(ImportError, match="bitsandbytes"):
+        load_model(str(tmp_path), load_in_4bit=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Autoregressive -> diffusion
+
+
+def _llama(kv_heads: int, tie: bool):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=128, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=kv_heads, rope_theta=1000.0, rms_norm_eps=1e-6, max_position_embeddings=64,
+        tie_word_embeddings=tie, pad_token_id=0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.mark.parametrize(("kv_heads", "tie"), [(4, False), (2, False), (1, True)])
+def test_convert_llama_reproduces_causal_logits(kv_heads, tie):
+    llama = _llama(kv_heads, tie)
+    llada = convert_llama_to_llada(llama)
+    cfg = llada.config
+    assert (cfg.rope_theta, cfg.rms_norm_eps, cfg.num_key_value_heads) == (1000.0, 1e-6, kv_heads)
+    assert (cfg.vocab_size, cfg.mask_token_id, cfg.tie_word_embeddings) == (129, 128, tie)
+    assert llada.generation_config.mask_token_id == 128
+    mean_row = llama.model.embed_tokens.weight.mean(0)
+    assert torch.allclose(llada.model.embed_tokens.weight[128], mean_row, atol=1e-7)
+    ids = torch.randint(0, 128, (2, 10), generator=torch.Generator().manual_seed(0))
+    causal = annealed_attention_mask(10, 0.0)
+    assert torch.equal(causal[0, 0] == 0, torch.ones(10, 10, dtype=torch.bool).tril())
+    with torch.no_grad():
+        expected = llama(input_ids=ids).logits
+        got = llada(input_ids=ids, attention_mask=causal).logits
+        bidirectional = llada(input_ids=ids).logits
+    assert (got[..., :128] - expected).abs().max().item() <= 1e-5
+    assert (bidirectional[..., :128] - expected).abs().max().item() > 1e-3  # attention is no longer causal
+    assert convert_llama_to_llada(llama, mask_token_id=5).config.vocab_size == 128  # a given id: no resize
+
+
+def test_converted_llama_trains_with_diffusion_loss_and_annealing(tmp_path):
+    llada = convert_llama_to_llada(_llama(2, False))
+    assert torch.equal(annealed_attention_mask(6, 1.0), torch.zeros(1, 1, 6, 6))
+    half = annealed_attention_mask(6, 0.5)[0, 0] == 0
+    assert half[0].tolist() == [True, True, True, False, False, False]  # itself + a window of round(2.5) = 2
+    generator = torch.Generator().manual_seed(0)
+    rows = [{"input_ids": torch.randint(0, 128, (16,), generator=generator).tolist()} for _ in range(8)]
+    collator = DiffusionCollator(mask_token_id=128, pad_token_id=0, mode="pretrain")
+    trainer = DiffusionTrainer(
+        model=llada,
+        args=_args(tmp_path, max_steps=40, per_device_train_batch_size=8, learning_rate=3e-3),
+        train_dataset=datasets.Dataset.from_list(rows),
+        eval_dataset=datasets.Dataset.from_list(rows),
+        data_collator=collator,
+        attention_anneal_steps=20,
+    )
+    before = trainer.evaluate()["eval_loss"]
+    trainer.train()
+    assert trainer.evaluate()["eval_loss"] < 0.9 * before
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# CLI
+
+
+@pytest.mark.parametrize("variant", ["sft", "sft-lora", "pretrain", "sft-text"])
+def test_train_main_runs_evaluates_and_saves(tmp_path, variant, capsys):
+    rows = _toy_rows(24)
+    if variant == "pretrain":
+        rows = [{"input_ids": r["prompt_ids"] + r["answer_ids"] + [EOS]} for r in rows]
+    elif variant == "sft-text":  # prompt/answer strings through the tiny tokenizer's chat template
+        pytest.importorskip("llada_hf.tokenizer")
+        rows = [{"prompt": f"Repeat {i}", "answer": str(i)} for i in range(24)]
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    out = tmp_path / "run"
+    argv = [
+        "--model_name_or_path", "tiny", "--train_file", str(data), "--eval_size", "8", "--output_dir", str(out),
+        "--max_steps", "4", "--per_device_train_batch_size", "4", "--learning_rate", "1e-3", "--eval_strategy",
+        "steps", "--eval_steps", "2", "--logging_steps", "1", "--save_strategy", "no", "--use_cpu", "--disable_tqdm",
+        "true", "--report_to", "none", "--max_length", "64" if variant == "sft-text" else "16",
+        "--mode", "pretrain" if variant == "pretrain" else "sft",
+    ]  # fmt: skip
+    if variant == "sft-lora":
+        argv += ["--use_lora", "--lora_r", "4"]
+    assert train_main(argv) == 0
+    assert "eval_loss" in capsys.readouterr().out
+    model = load_trained(out)
+    assert type(model) is llada_hf.LLaDAModelLM and model.config.mask_token_id == MASK
+    assert (out / "adapter" / "adapter_config.json").is_file() == (variant == "sft-lora")
+    assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
+    if variant == "sft-text":
+        assert (out / "tokenizer_config.json").is_file()
+
+
+def test_save_trained_merges_lora(tmp_path):
+    base = tiny_model(0)
+    peft_model = get_lora_model(base, r=4, init_lora_weights=False).eval()
+    ids = torch.randint(0, 900, (2, 6), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = peft_model(input_ids=ids).logits
+    merged = save_trained(peft_model, tmp_path)
+    with torch.no_grad():
+        for model in (merged, load_trained(tmp_path).eval()):
+            assert (model(input_ids=ids).logits - expected).abs().max() <= 1e-5
