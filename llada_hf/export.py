@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from .generation import generation_llada
-from .modeling import OFFICIAL_KEY_MAPPING, LLaDAModelLM, configuration_llada, modeling_llada
+from .modeling import OFFICIAL_KEY_MAPPING, LLaDAConfig, LLaDAModelLM, configuration_llada, modeling_llada
 
 REMOTE_CODE_FILES = (configuration_llada, modeling_llada, generation_llada)
 REMOTE_AUTO_MAP = {
@@ -18,22 +18,12 @@ REMOTE_AUTO_MAP = {
     "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM",
     "AutoModelForMaskedLM": "modeling_llada.LLaDAModelLM",
 }
-# Official config keys filled from the model config (the other official keys keep the 8B file's values).
+# Official config keys filled from the model config (the other official keys keep the 8B file's values): the config's
+# own aliases, plus the keys the official file spells like transformers does.
 _OFFICIAL_CONFIG_FIELDS = {
-    "d_model": "hidden_size",
-    "n_heads": "num_attention_heads",
-    "n_kv_heads": "num_key_value_heads",
-    "n_layers": "num_hidden_layers",
-    "mlp_hidden_size": "intermediate_size",
-    "max_sequence_length": "max_position_embeddings",
-    "vocab_size": "vocab_size",
-    "embedding_size": "embedding_size",
-    "rope_theta": "rope_theta",
-    "rms_norm_eps": "rms_norm_eps",
-    "weight_tying": "tie_word_embeddings",
-    "eos_token_id": "eos_token_id",
-    "pad_token_id": "pad_token_id",
-    "mask_token_id": "mask_token_id",
+    **LLaDAConfig.attribute_map,
+    **{key: key for key in ("vocab_size", "embedding_size", "rope_theta", "rms_norm_eps")},
+    **{key: key for key in ("eos_token_id", "pad_token_id", "mask_token_id")},
 }
 
 
