@@ -147,6 +147,19 @@ def mdm_decode(
 
 
 @torch.no_grad()
+def mdm_decode_order(
+    model: LLaDAModelLM, prompts: torch.LongTensor, answer_length: int
+) -> tuple[torch.LongTensor, torch.LongTensor]:
+    """Answers (B, L) decoded one token per step, and the step (0 = first) at which each position was committed."""
+    out = model.generate(
+        prompts, max_new_tokens=answer_length, steps=answer_length, block_length=answer_length,
+        output_history=True, return_dict_in_generate=True,
+    )  # fmt: skip
+    still_masked = torch.stack(out.history)[:, :, prompts.shape[1] :] == model.generation_config.mask_token_id
+    return out.sequences[:, prompts.shape[1] :], still_masked.sum(0)  # masked after steps 0..s-1 <=> committed at s
+
+
+@torch.no_grad()
 def mdm_infill(model: LLaDAModelLM, canvas: torch.LongTensor) -> torch.LongTensor:
     """Fill the MASK tokens inside `canvas` (one per step, greedy)."""
     n_masks = int((canvas == MASK).sum(-1).max())

@@ -369,8 +369,10 @@ class DiffusionGenerationMixin:
                 logits = self._diffusion_logits(x_rows, mask_rows, prompt_index[rows], config, query, window, cache)
                 nfe += 1
                 x_window = x_rows[:, window[0] : window[1]]
-                transfer, x0 = self._diffusion_step(logits, x_window, window, block_end, length, config, schedule,
-                                                    step, temperature, confidence_rule, generator, eos_ids, eot_ids)  # fmt: skip
+                transfer, x0 = self._diffusion_step(
+                    logits, x_window, window, block_end, length, config, schedule, step, temperature, confidence_rule,
+                    generator, eos_ids, eot_ids,
+                )  # fmt: skip
                 x[rows, window[0] : window[1]] = torch.where(transfer, x0, x_window)
                 step += 1
                 if config.output_history:

@@ -22,6 +22,15 @@ EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 sys.path.insert(0, str(EXPERIMENTS))
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread (and the experiment scripts set it): restore the setting afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def demo():
     return load_demo_model()
@@ -111,11 +120,86 @@ def test_reversal_data_design():
         assert not any(tuple(vocab.encode(prompt + answer)) == s[1:-1] for s in text)
 
 
+def test_planning_tasks_are_well_formed():
+    import planning
+
+    task = planning.StarGraphs(degree=3, arm_length=3, num_nodes=12)
+    prompts, answers = task.sample(16, torch.Generator().manual_seed(0))
+    assert prompts.shape == (16, task.prompt_length) and answers.shape == (16, task.answer_length)
+    for prompt, answer in zip(prompts.tolist(), answers.tolist()):
+        edges = prompt[1 : 1 + 3 * 9]
+        pairs = {(edges[i], edges[i + 1]) for i in range(0, len(edges), 3)}
+        start, goal = prompt[-4], prompt[-2]
+        path = [start, *answer[:-1]]
+        assert path[-1] == goal and all((u, v) in pairs for u, v in zip(path, path[1:]))
+
+    clock = planning.ClockWalk(positions=5)
+    prompts, answers = clock.sample(16, torch.Generator().manual_seed(0))
+    first = planning.FIRST_NODE
+    for prompt, answer in zip(prompts.tolist(), answers.tolist()):
+        moves, goal, path = prompt[1:5], prompt[-2], answer[:-1]
+        assert path[-1] == goal and answer[-1] == planning.EOS
+        assert all((x - first + k - first) % 10 == y - first for x, k, y in zip(path, moves, path[1:]))
+
+
+def test_planning_quick(tmp_path):
+    import planning
+
+    assert planning.main(["--quick", "--out-dir", str(tmp_path)]) == 0
+    for name in ("clock", "star"):
+        data = _check_outputs(tmp_path, f"planning_{name}")
+        assert data["task"] == name and set(data["summary"]) == {"mdm", "ar"}
+        assert all(0 <= data["summary"]["mdm"][m]["mean"] <= 1 for m in planning.METRICS)
+        steps = data["runs"]["mdm"][0]["commit_step"]  # one token per step: each example commits at steps 0..L-1
+        assert sum(steps) == pytest.approx(len(steps) * (len(steps) - 1) / 2, abs=0.01) and max(steps) <= len(steps) - 1
+
+
+def test_clock_walk_mdm_learns_the_step_before_the_goal():
+    """Cheap check that training works: 600 steps teach the masked model the last move (chance: 10 %)."""
+    import planning
+    from common import Backbone, build_model, train
+
+    task = planning.ClockWalk(positions=4)
+    test = task.sample(200, torch.Generator().manual_seed(1))
+    model = build_model(Backbone(), task.vocab_size, 16, seed=0)
+    train(model, "mdm", task.batches(64, seed=0), steps=600, lr=2e-3, seed=0, warmup=50)
+    assert planning.evaluate(model, "mdm", task, *test)["before_goal_accuracy"] > 0.5
+
+
+@pytest.mark.slow
+def test_clock_walk_mdm_plans_and_ar_cannot_start():
+    """The planning result at the experiment's budget (1500 steps, lr 1e-3): MDM solves it, AR stays near chance."""
+    import planning
+    from common import Backbone, build_model, train
+
+    task = planning.ClockWalk(positions=5)
+    test = task.sample(500, torch.Generator().manual_seed(10_000))
+    accuracy = {}
+    for kind in ("mdm", "ar"):
+        model = build_model(Backbone(hidden_size=64, num_hidden_layers=3), task.vocab_size, 16, seed=0)
+        train(model, kind, task.batches(64, seed=0), steps=1500, lr=1e-3, seed=0, warmup=100)
+        accuracy[kind] = planning.evaluate(model, kind, task, *test)
+    assert accuracy["mdm"]["path_accuracy"] > 0.9, accuracy
+    assert accuracy["ar"]["first_token_accuracy"] < 0.3, accuracy
+
+
+def test_decoding_quick(tmp_path):
+    import decoding
+
+    assert decoding.main(["--quick", "--out-dir", str(tmp_path)]) == 0
+    data = _check_outputs(tmp_path, "decoding")
+    fixed = [r for r in data["demo"] if r["rule"] == "fixed k"]
+    assert [r["forwards"] for r in fixed] == [16, 8, 4, 2, 1]
+    assert fixed[0]["accuracy"] >= 0.9  # one token per step: the demo model answers held-out questions
+    assert all(r["tokens_per_forward"] >= 1 for r in data["demo"])
+    assert all(r["tokens_per_forward"]["mean"] >= 1 and 0 <= r["accuracy"]["mean"] <= 1 for r in data["clock"])
+
+
 def test_causal_twin_sees_only_the_past():
     from common import Backbone, ar_logits, build_model
 
-    model = build_model(Backbone(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
-                        vocab_size=20, max_length=16, seed=0)  # fmt: skip
+    backbone = Backbone(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    model = build_model(backbone, vocab_size=20, max_length=16, seed=0)
     x = torch.randint(3, 20, (2, 10))
     y = x.clone()
     y[:, 6:] = 5

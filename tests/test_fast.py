@@ -4,7 +4,6 @@ with padding, and work with threshold decoding and early stop; compiled = eager.
 import pytest
 import torch
 from conftest import tiny_model
-
 from llada_hf.generation.generation_llada import DiffusionKVCache
 
 MASK, EOS = 1000, 1001
