@@ -151,7 +151,9 @@ def test_planning_quick(tmp_path):
         assert data["task"] == name and set(data["summary"]) == {"mdm", "ar"}
         assert all(0 <= data["summary"]["mdm"][m]["mean"] <= 1 for m in planning.METRICS)
         steps = data["runs"]["mdm"][0]["commit_step"]  # one token per step: each example commits at steps 0..L-1
-        assert sum(steps) == pytest.approx(len(steps) * (len(steps) - 1) / 2, abs=0.01) and max(steps) <= len(steps) - 1
+        assert (
+            sum(steps) == pytest.approx(len(steps) * (len(steps) - 1) / 2, abs=0.01) and max(steps) <= len(steps) - 1
+        )
 
 
 def test_clock_walk_mdm_learns_the_step_before_the_goal():
