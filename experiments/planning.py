@@ -21,8 +21,9 @@ first one (the "Clever Hans" shortcut of Bachmann & Nagarajan 2024), so it is ex
 Both models share backbone, fresh training examples (the same batches), steps and training loop (SFT: the prompt is
 never a target); the MDM uses the package's `sft_loss` and `generate()` (one token per step, low-confidence
 remasking), the AR twin a causal mask, next-token loss and greedy decoding. Clock walk: learning rate per model from a
-small sweep (seed 0, on a validation set). Star graph: one learning rate for both, no sweep (the in-context edge
-look-up is only learnt after ~6k steps, so one run costs ~10 min on a CPU core). Test: 500 held-out examples.
+small sweep (seed 0, on a validation set). Star graph: one learning rate for both, no sweep (one 16k-step run costs
+~10 min on a CPU core, and at that budget the MDM has not learnt the in-context edge look-up yet: see
+experiments/README.md). Test: 500 held-out examples.
 Each task writes its own `results/planning_<task>.{md,json,png}`.
 
     python experiments/planning.py --tasks clock --seeds 3     # ~10 min on one CPU core
