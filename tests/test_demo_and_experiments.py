@@ -156,6 +156,18 @@ def test_planning_quick(tmp_path):
         )
 
 
+def test_decode_order_is_one_commit_per_step():
+    """The decoding-order measurement of the planning experiment: each row commits every position exactly once."""
+    from common import Backbone, build_model, mdm_decode, mdm_decode_order
+
+    backbone = Backbone(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    model = build_model(backbone, vocab_size=20, max_length=16, seed=0)
+    prompts = torch.randint(3, 20, (4, 6), generator=torch.Generator().manual_seed(0))
+    answers, steps = mdm_decode_order(model, prompts, 5)
+    assert torch.equal(answers, mdm_decode(model, prompts, 5)[0])
+    assert torch.equal(steps.sort(-1).values, torch.arange(5).expand(4, 5))
+
+
 def test_clock_walk_mdm_learns_the_step_before_the_goal():
     """Cheap check that training works: 600 steps teach the masked model the last move (chance: 10 %)."""
     import planning
