@@ -205,13 +205,16 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def write_results(name: str, markdown: str, data: dict[str, Any], figure=None, out_dir: Path | None = None) -> Path:
-    """Write `<name>.md`, `<name>.json` and (if given) `<name>.png` to `out_dir` (default experiments/results)."""
+    """Write `<name>.md`, `<name>.json` and (if given) `<name>.png` to `out_dir` (default experiments/results), then
+    print the table and where it went."""
     out_dir = Path(out_dir or RESULTS_DIR)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{name}.md").write_text(markdown)
     (out_dir / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
     if figure is not None:
         figure.savefig(out_dir / f"{name}.png", dpi=120, bbox_inches="tight")
+    print(markdown)
+    print(f"wrote {out_dir}/{name}.{{md,json{',png' if figure is not None else ''}}}")
     return out_dir
 
 

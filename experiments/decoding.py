@@ -241,9 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     plot(axes[0][0], demo_rows, f"Demo model: addition (canvas {demo_canvas})")
     if clock_rows:
         plot(axes[0][1], clock_rows, f"Clock walk (canvas {clock_canvas}, {args.seeds} seeds)")
-    out = write_results("decoding", markdown, data, fig, Path(args.out_dir))
-    print(markdown)
-    print(f"wrote {out}/decoding.{{md,json,png}}")
+    write_results("decoding", markdown, data, fig, Path(args.out_dir))
     return 0
 
 

@@ -325,9 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         fig, axes = new_figure(ncols=1, width=5.0)
         plot_task(axes[0][0], result, chance, plot_title)
         data = {"command": command, "task": name, "wall_s": wall, "config": config, **result}
-        out = write_results(f"planning_{name}", markdown, data, fig, Path(args.out_dir))
-        print(markdown)
-        print(f"wrote {out}/planning_{name}.{{md,json,png}}")
+        write_results(f"planning_{name}", markdown, data, fig, Path(args.out_dir))
     return 0
 
 

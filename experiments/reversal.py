@@ -295,9 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     axes[0][1].set_ylim(-2, 105)
     axes[0][1].legend(fontsize=8)
     axes[0][1].set_title("Learning-rate sweep", fontsize=10)
-    out = write_results("reversal", markdown, data, fig, Path(args.out_dir))
-    print(markdown)
-    print(f"wrote {out}/reversal.{{md,json,png}}")
+    write_results("reversal", markdown, data, fig, Path(args.out_dir))
     return 0
 
 
