@@ -1,5 +1,17 @@
 """Diffusion generation: `LLaDAGenerationConfig` and `DiffusionGenerationMixin` (exported flat with the model)."""
 
-from .generation_llada import DiffusionGenerationMixin, LLaDAGenerationConfig
+from .generation_llada import (
+    DiffusionGenerateOutput,
+    DiffusionGenerationMixin,
+    DiffusionSampler,
+    LLaDAGenerationConfig,
+    classifier_free_guidance,
+)
 
-__all__ = ["DiffusionGenerationMixin", "LLaDAGenerationConfig"]
+__all__ = [
+    "DiffusionGenerateOutput",
+    "DiffusionGenerationMixin",
+    "DiffusionSampler",
+    "LLaDAGenerationConfig",
+    "classifier_free_guidance",
+]

@@ -30,6 +30,8 @@ from itertools import combinations
 import torch
 import torch.nn.functional as F
 
+from .generation import classifier_free_guidance
+
 IdsLike = torch.Tensor | Sequence[int]
 METHODS = ("mc", "stratified", "exact")
 _PAIRS_PER_CHUNK = 256  # pairs whose rows are planned and packed together by batch_log_likelihood
@@ -175,13 +177,12 @@ def exact_mask_plan(answer_len: int) -> tuple[torch.LongTensor, torch.BoolTensor
 
 
 def _cfg_logits(model, x: torch.Tensor, prompt_len: int, cfg_scale: float, mask_id: int) -> torch.Tensor:
-    """Logits of `x`; with CFG the prompt columns are masked in a second copy: un + (s + 1)(cond - un)."""
+    """Logits of `x`; with CFG the prompt columns are masked in a second copy (the shared CFG helper)."""
+    un_x = None
     if cfg_scale > 0:
         un_x = x.clone()
         un_x[:, :prompt_len] = mask_id
-        cond, uncond = model(torch.cat([x, un_x])).logits.chunk(2)
-        return uncond + (cfg_scale + 1) * (cond - uncond)
-    return model(x).logits
+    return classifier_free_guidance(lambda ids, mask: model(ids).logits, x, un_x, cfg_scale)
 
 
 @torch.no_grad()
@@ -303,20 +304,15 @@ def _score_plans(model, plans, cfg_scale, mask_id, pad_id, rows_per_forward, dev
             attention_mask = (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).long().to(device)
         rows, cols = masked.nonzero(as_tuple=True)
         x, rows_d, cols_d = x.to(device), rows.to(device), cols.to(device)
-        if cfg_scale > 0:
-            un_x = torch.where(prompt_cols.to(device), mask_id, x)
-            both_mask = None if attention_mask is None else torch.cat([attention_mask, attention_mask])
-            both = _masked_logits(
-                model,
-                torch.cat([x, un_x]),
-                both_mask,
-                torch.cat([rows_d, rows_d + len(chunk)]),
-                torch.cat([cols_d, cols_d]),
+        un_x = torch.where(prompt_cols.to(device), mask_id, x) if cfg_scale > 0 else None
+
+        def logits_fn(ids, mask, rows=rows_d, cols=cols_d, n=x.shape[0]):
+            doubled = ids.shape[0] != n  # CFG doubled the batch: the same positions in the prompt-masked copy
+            return _masked_logits(
+                model, ids, mask, torch.cat([rows, rows + n]) if doubled else rows, cols.repeat(2 if doubled else 1)
             )
-            cond, uncond = both.chunk(2)
-            logits = uncond + (cfg_scale + 1) * (cond - uncond)
-        else:
-            logits = _masked_logits(model, x, attention_mask, rows_d, cols_d)
+
+        logits = classifier_free_guidance(logits_fn, x, un_x, cfg_scale, attention_mask)
         token_loss = F.cross_entropy(logits, targets_x[rows, cols].to(device), reduction="none")
         token_loss = (token_loss / p_mask.to(device)[rows_d]).double().cpu()
         per_row = torch.zeros(len(chunk), dtype=torch.float64).index_add_(0, rows, token_loss)
