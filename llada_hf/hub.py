@@ -1,7 +1,7 @@
 """A small tested hub of configs: `list_hub_configs()` and `load_hub_config(name, **overrides)`.
 
 Names are the file paths under `hub_configs/` without `.json`, e.g. `GSAI-ML/LLaDA-8B-Instruct` (the official
-`config.json`, unchanged) or `llada_hf/tiny`.
+`config.json`, unchanged), `inclusionAI/LLaDA2.0-mini` or `llada_hf/tiny`.
 """
 
 import difflib
@@ -9,7 +9,10 @@ import json
 from importlib import resources
 from pathlib import Path
 
-from .modeling import LLaDAConfig
+from .modeling import LLaDA2MoeConfig, LLaDAConfig
+
+# model_type -> config class ("llada" also covers LLaDA-MoE: `LLaDAConfig.from_dict` builds an `LLaDAMoEConfig`).
+_CONFIG_CLASSES = {"llada": LLaDAConfig, "llada2_moe": LLaDA2MoeConfig}
 
 
 def _config_root() -> Path:
@@ -33,10 +36,12 @@ def hub_config_path(name: str) -> Path:
     return _config_root() / f"{name}.json"
 
 
-def load_hub_config(name: str, **overrides) -> LLaDAConfig:
-    """The named config as an `LLaDAConfig`; `overrides` (standard or official key names) replace file values."""
+def load_hub_config(name: str, **overrides) -> LLaDAConfig | LLaDA2MoeConfig:
+    """The named config as its config class (`LLaDAConfig`, `LLaDA2MoeConfig`, by `model_type`); `overrides`
+    (standard or official key names) replace file values."""
     config_dict = json.loads(hub_config_path(name).read_text())
-    aliases = LLaDAConfig.attribute_map
+    config_class = _CONFIG_CLASSES[config_dict.get("model_type", "llada")]
+    aliases = config_class.attribute_map
     for key in overrides:  # an override wins over the file's value under either name
         for alias, standard in aliases.items():
             if key == standard:
@@ -44,4 +49,4 @@ def load_hub_config(name: str, **overrides) -> LLaDAConfig:
             elif key == alias:
                 config_dict.pop(standard, None)
     config_dict.update(overrides)
-    return LLaDAConfig.from_dict(config_dict)
+    return config_class.from_dict(config_dict)

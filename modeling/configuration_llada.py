@@ -67,6 +67,10 @@ class LLaDAConfig(PreTrainedConfig):
         "norm": (["hidden_states"], ["hidden_states"]),
     }
 
+    # Other models whose config.json also says model_type "llada" (LLaDA-MoE): (config class, `architectures` names,
+    # keys only they have). Their config modules add themselves; `from_dict` builds the matching class.
+    family_members = []
+
     vocab_size: int = 126464
     hidden_size: int = 4096
     intermediate_size: int = 12288
@@ -100,6 +104,18 @@ class LLaDAConfig(PreTrainedConfig):
             raise ValueError("LLaDAConfig: `multi_query_attention` is not supported; set `n_kv_heads` instead.")
         super().__post_init__(**kwargs)
         self.validate_architecture()
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """Build the config; a LLaDA-MoE config dict (same model_type) is built by its own class instead."""
+        if cls is LLaDAConfig:
+            architectures = set(config_dict.get("architectures") or ())
+            for member_class, member_architectures, member_keys in cls.family_members:
+                if architectures & set(member_architectures) or (
+                    not architectures and any(key in config_dict for key in member_keys)
+                ):
+                    return member_class.from_dict(config_dict, **kwargs)
+        return super().from_dict(config_dict, **kwargs)
 
     def validate_architecture(self):
         """Shape checks with errors that name the offending fields."""
