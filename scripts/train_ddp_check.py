@@ -3,8 +3,9 @@
     torchrun --nproc_per_node 2 scripts/train_ddp_check.py --out ddp.pt --per-device-batch 2
     python scripts/train_ddp_check.py --out single.pt --per-device-batch 4
 
-Both runs see the same global batches and the same noise (`DiffusionCollator` seeds by global sample position), so
-their weights agree up to float reduction order. tests/test_training.py imports `train` from here.
+Both runs see the same global batches and the same noise (`DiffusionTrainer` seeds each row's noise by its dataset
+index and the epoch), so their weights agree up to float reduction order. tests/test_training.py imports `train`
+from here.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ def measure(config_name: str, mode: str, steps: int, batch: int, seq: int) -> di
     import torch
 
     from llada_hf import LLaDAConfig, LLaDAModelLM
-    from llada_hf.training import TINY_CONFIGS, DiffusionCollator, diffusion_loss, get_lora_model
+    from llada_hf.training import TINY_CONFIGS, DiffusionCollator, diffusion_loss, get_lora_model, mask_batch
 
     torch.set_num_threads(2)
     params = dict(TINY_CONFIGS["tiny"], **CONFIGS[config_name])
@@ -54,7 +54,9 @@ def measure(config_name: str, mode: str, steps: int, batch: int, seq: int) -> di
     generator = torch.Generator().manual_seed(0)
     for step in range(steps):
         ids = torch.randint(0, cfg.mask_token_id, (batch, seq), generator=generator)
-        inputs = collator([{"input_ids": row} for row in ids.tolist()])
+        padded = collator([{"input_ids": row} for row in ids.tolist()])
+        seeds = range(step * batch, (step + 1) * batch)
+        inputs = mask_batch(padded["input_ids"], padded["labels"], cfg.mask_token_id, seeds)
         logits = model(input_ids=inputs["input_ids"]).logits
         diffusion_loss(logits, inputs["labels"], inputs["p_mask"], inputs["loss_normalizer"]).backward()
         optimizer.step()
