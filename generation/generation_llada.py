@@ -594,11 +594,12 @@ class DiffusionSampler:
 
         def forward(input_ids, attention_mask):
             return self.model(
-                input_ids=input_ids[:, q_start:q_end],
+                input_ids=input_ids.narrow(1, q_start, q_end - q_start),
                 attention_mask=attention_mask,
                 position_ids=torch.arange(q_start, q_end, device=input_ids.device)[None],
                 diffusion_cache=self.cache,
-                logits_to_keep=slice(w_start - q_start, w_end - q_start),
+                # an index tensor, not a slice: under torch.compile the block's offsets stay symbolic
+                logits_to_keep=torch.arange(w_start - q_start, w_end - q_start, device=input_ids.device),
             ).logits
 
         cfg = self.config.cfg_scale
@@ -653,9 +654,8 @@ class DiffusionSampler:
         start, end = view.window
         if (start, end) == (0, length):
             return select_topk(confidence, k, view.k_max)
-        full = confidence.new_full((confidence.shape[0], length), -torch.inf)
-        full[:, start:end] = confidence
-        return select_topk(full, k, view.k_max)[:, start:end]
+        full = F.pad(confidence, (start, length - end), value=-torch.inf)
+        return select_topk(full, k, view.k_max).narrow(1, start, end - start)
 
     def step(self, inp: StepInput, k: int | torch.Tensor | None, noise: tuple, view: BlockView) -> StepOutput:
         """One denoising step on the window: forward, propose, score, select, commit, remask (steps 3a-3f)."""
@@ -663,7 +663,7 @@ class DiffusionSampler:
         uniform, random_scores = noise
         # 3a. forward
         logits = self.logits(inp, view)
-        x_window = inp.x[:, start:end]
+        x_window = inp.x.narrow(1, start, end - start)
         # 3b. propose
         x0, scores = self.propose(logits, inp.x, view, uniform)
         # 3c. score: only the block's masked columns are candidates
@@ -676,11 +676,11 @@ class DiffusionSampler:
         transfer = self.select(confidence, k, view, inp.x.shape[1])
         # 3e. commit
         new_window = torch.where(transfer, x0, x_window)
-        committed = torch.where(transfer, confidence.float(), inp.committed[:, start:end])
+        committed = torch.where(transfer, confidence.float(), inp.committed.narrow(1, start, end - start))
         # 3f. remask (self-correction): low-confidence earlier commits of this block go back to mask
         budget, remasked = inp.budget, torch.zeros_like(inp.budget)
         if self.remask and view.allow_remask:
-            earlier = (~transfer) & (new_window != self.mask_id) & ~inp.prompt_index[:, start:end]
+            earlier = (~transfer) & (new_window != self.mask_id) & ~inp.prompt_index.narrow(1, start, end - start)
             earlier &= (columns < view.block_end)[None, :] & (columns >= view.prompt_len)[None, :]
             doubtful = torch.where(earlier & (committed < self.config.remask_threshold), -committed, -torch.inf)
             count = (doubtful > -torch.inf).sum(-1).minimum(budget).clamp(max=self.config.remask_per_step)
@@ -771,8 +771,8 @@ class DiffusionGenerationMixin:
             for token in _as_list(getattr(config, name, None)):
                 if not isinstance(token, int) or not 0 <= token < vocab:
                     raise ValueError(f"{name} {token!r} is outside the model's vocabulary [0, {vocab}).")
+        check_contract(config, kwargs)  # first: the base validate() would only warn that such flags "may be ignored"
         config.validate()
-        check_contract(config, kwargs)
         return config
 
     @torch.no_grad()
@@ -1040,13 +1040,20 @@ class DiffusionGenerationMixin:
         return schedule[keep] if isinstance(schedule, torch.Tensor) else schedule
 
     def _compiled_step(self, mode):
-        """The whole step compiled once per model and mode (`fullgraph=True`: a graph break is an error)."""
+        """The whole step compiled once per model and mode: `fullgraph=True` (a graph break is an error),
+        `dynamic=True` (one graph for every block offset and batch size; each sampler configuration compiles once)."""
         compiled = getattr(self, "_llada_compiled_steps", None)
         if compiled is None:
             compiled = self._llada_compiled_steps = {}
         if mode not in compiled:
             options = {} if mode in (True, "default") else {"mode": mode}
-            compiled[mode] = torch.compile(DiffusionSampler.step, fullgraph=True, **options)
+            step = torch.compile(DiffusionSampler.step, fullgraph=True, dynamic=True, **options)
+
+            def run(*args):
+                with torch._dynamo.config.patch(recompile_limit=64):  # several sampler configurations per model
+                    return step(*args)
+
+            compiled[mode] = run
         return compiled[mode]
 
     def _check_diffusion_inputs(self, input_ids, attention_mask, config) -> list[tuple[int, int, int]]:

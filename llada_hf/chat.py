@@ -2,7 +2,9 @@
 
 Each turn templates only the new user message. The first turn uses it as the prompt; later turns append it, minus
 its leading BOS, to the previous prompt + answer with every EOS removed (earlier answers keep their `<|eot_id|>`).
-Replies are decoded with `skip_special_tokens=True`. Official settings: 128 new tokens, 128 steps, block 32, greedy.
+Replies are decoded with `skip_special_tokens=True`. Sampler settings not passed come from the model's
+`generation_config.json`; `OFFICIAL_CHAT_SETTINGS` (128 new tokens, 128 steps, block 32, greedy) are the official
+chat.py's, to pass explicitly for the 8B models: `ChatSession(model, tokenizer, **OFFICIAL_CHAT_SETTINGS)`.
 """
 
 import torch
@@ -21,7 +23,7 @@ class ChatSession:
 
     def __init__(self, model, tokenizer, **generate_kwargs) -> None:
         self.model, self.tokenizer = model, tokenizer
-        self.generate_kwargs = {**OFFICIAL_CHAT_SETTINGS, **generate_kwargs}
+        self.generate_kwargs = dict(generate_kwargs)
         self.history: torch.LongTensor | None = None  # prompt + answers so far, EOS removed
 
     def build_prompt(self, message: str) -> torch.LongTensor:

@@ -21,27 +21,27 @@ def _load(model_path: str | None, dtype: str = "auto"):
     return model, AutoTokenizer.from_pretrained(model_path)
 
 
-def _add_generation_args(parser: argparse.ArgumentParser, **defaults) -> None:
-    parser.add_argument("--max-new-tokens", type=int, default=defaults.get("max_new_tokens", 128))
-    parser.add_argument("--steps", type=int, default=defaults.get("steps", 128))
-    parser.add_argument("--block-length", type=int, default=defaults.get("block_length", 32))
-    parser.add_argument("--temperature", type=float, default=0.0)
-    parser.add_argument("--cfg-scale", type=float, default=0.0)
-    parser.add_argument("--remasking", default="low_confidence")
-    parser.add_argument("--threshold", type=float, default=None)
+def _add_generation_args(parser: argparse.ArgumentParser) -> None:
+    """Sampler flags; each one not given leaves the model's own `generation_config.json` value in force."""
+    from .generation.generation_llada import CONFIDENCE_RULES
+
+    group = parser.add_argument_group("generation (default: the model's generation_config.json)")
+    group.add_argument("--max-new-tokens", type=int, help="answer length (masks after the prompt)")
+    group.add_argument("--steps", type=int, help="denoising steps (forwards) for the whole answer")
+    group.add_argument("--block-length", type=int, help="semi-autoregressive block size")
+    group.add_argument("--temperature", type=float, help="0 = greedy; > 0 samples (Gumbel-max)")
+    group.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale (0 = off)")
+    group.add_argument("--remasking", choices=sorted(CONFIDENCE_RULES), help="confidence rule")
+    group.add_argument("--threshold", type=float, help="commit every token above this confidence (Fast-dLLM)")
 
 
 def _generation_kwargs(args: argparse.Namespace) -> dict:
-    return dict(
-        max_new_tokens=args.max_new_tokens,
-        steps=args.steps,
-        block_length=args.block_length,
-        do_sample=args.temperature > 0,
-        temperature=args.temperature or None,
-        cfg_scale=args.cfg_scale,
-        remasking=args.remasking,
-        threshold=args.threshold,
-    )
+    """Only the flags the user gave: the rest comes from the model's generation config."""
+    names = ("max_new_tokens", "steps", "block_length", "temperature", "cfg_scale", "remasking", "threshold")
+    kwargs = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    if "temperature" in kwargs:
+        kwargs["do_sample"] = kwargs["temperature"] > 0
+    return kwargs
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
@@ -55,7 +55,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
         message = line.strip()
         if not message or message == "exit":
             break
-        streamer = DenoisingVisualizer(tokenizer, total_steps=args.steps) if args.visualize else None
+        steps = session.generate_kwargs.get("steps") or model.generation_config.steps
+        streamer = DenoisingVisualizer(tokenizer, total_steps=steps) if args.visualize else None
         reply = session.send(message, streamer=streamer)
         print(f"LLaDA: {reply}", flush=True)
     return 0

@@ -37,8 +37,6 @@ DEMO_MODEL_CONFIG: dict[str, Any] = dict(
 )  # fmt: skip
 # Answers are at most 12 tokens ("99 + 99 = 198.") + <|eot_id|> + EOS: a 16-token canvas, one token per step.
 DEMO_GENERATION = dict(max_new_tokens=16, steps=16, block_length=16)
-# Real checkpoints: a shorter canvas than the official 128 tokens, so a CPU run finishes.
-REAL_GENERATION = dict(max_new_tokens=64, steps=64, block_length=32)
 
 PHRASINGS = ("What is {a} + {b}?", "{a} + {b} = ?", "Add {a} and {b}.", "What is {a} plus {b}?")
 DEMO_PROMPTS = ("What is 12 + 7?", "Add 45 and 38.", "What is 9 plus 90?")
@@ -118,10 +116,12 @@ def run_demo(args: argparse.Namespace) -> int:
     model_path = getattr(args, "model", None)
     model, tokenizer = _load(model_path, getattr(args, "dtype", "auto"))
     embedded = model_path is None
-    settings = dict(DEMO_GENERATION if embedded else REAL_GENERATION)
-    for name in settings:  # optional overrides, when the caller's parser has them
+    settings = {}  # flags given override the model's generation_config.json; the rest stays the model's
+    for name in ("max_new_tokens", "steps", "block_length"):
         if getattr(args, name, None) is not None:
             settings[name] = getattr(args, name)
+    shown = {**model.generation_config.to_dict(), **settings}
+    shown["steps"] = shown.get("steps") or shown["max_new_tokens"]
     prompts = list(getattr(args, "prompt", None) or DEMO_PROMPTS)
     visualize = not getattr(args, "no_visualize", False)
     pipe = pipeline("text-generation", model=model, tokenizer=tokenizer)
@@ -132,13 +132,13 @@ def run_demo(args: argparse.Namespace) -> int:
         forms = " / ".join(p.format(a="a", b="b") for p in PHRASINGS)
         print(f"It answers additions of two numbers 0-99 asked as: {forms}")
     print(
-        f"Each answer starts as {settings['max_new_tokens']} masks (░) and is filled in {settings['steps']} denoising "
+        f"Each answer starts as {shown['max_new_tokens']} masks (░) and is filled in {shown['steps']} denoising "
         "steps: every step predicts all masked positions at once and keeps the most confident.\n",
         flush=True,
     )
     for prompt in prompts:
         print(f"User: {prompt}", flush=True)
-        streamer = DenoisingVisualizer(tokenizer, total_steps=settings["steps"]) if visualize else None
+        streamer = DenoisingVisualizer(tokenizer, total_steps=shown["steps"]) if visualize else None
         result = pipe(
             [{"role": "user", "content": prompt}],
             streamer=streamer,

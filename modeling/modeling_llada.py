@@ -376,11 +376,11 @@ class LLaDAModelLM(LLaDAPreTrainedModel, DiffusionGenerationMixin):
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         p_mask: torch.Tensor | None = None,
-        logits_to_keep: slice | None = None,
+        logits_to_keep: slice | torch.Tensor | None = None,
         diffusion_cache=None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> MaskedLMOutput:
-        """`logits_to_keep` (a slice of positions) runs the 126k-column head only where logits are needed (the
+        """`logits_to_keep` (a slice or an index tensor of positions) runs the 126k-column head only where logits are needed (the
         sampler's current block); `diffusion_cache` is generation's prefix/dual KV cache."""
         outputs: BaseModelOutput = self.model(
             input_ids=input_ids,

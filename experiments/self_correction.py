@@ -1,0 +1,177 @@
+"""Self-correction at equal forwards: does re-masking low-confidence commits help when decoding fast?
+
+A masked diffusion model can revise what it wrote; an autoregressive one cannot. `generate(remask_budget=b,
+remask_threshold=tau)` (ReMDM-conf, Wang et al. 2025, arXiv:2503.00307) masks again, after each step, the earliest
+committed token of the current block whose confidence when committed was below tau (at most b per row and block),
+and the next step commits one token more, so the number of forwards is unchanged. Committing several tokens per
+forward forces guesses; re-masking gives the doubtful ones a second look in a fuller context.
+
+Measured where the plain sampler starts to lose accuracy (see `decoding.py`) on:
+
+1. the embedded demo model (chat addition, 16-token canvas) at 4 and 8 tokens per forward, held-out operand pairs
+   (one model: no seed spread);
+2. clock-walk models trained from scratch (`planning.py`'s task), one per seed, at 2 and 3 tokens per forward.
+
+(tau, b) is chosen on a validation set (other questions / walks), per task and speed, then reported on the test set.
+
+    python experiments/self_correction.py --seeds 3        # ~6 min on one CPU core
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import (  # noqa: E402
+    Backbone,
+    build_model,
+    common_arguments,
+    markdown_table,
+    mdm_decode,
+    mean_std,
+    setup,
+    train,
+    write_results,
+)
+from planning import ClockWalk  # noqa: E402
+
+GRID = [(tau, budget) for tau in (0.5, 0.9, 0.99) for budget in (1, 2, 4)]
+
+
+def run_grid(evaluate, steps_list: list[int]) -> dict:
+    """Per `steps`: plain accuracy and forwards, the validation grid, the chosen (tau, b) and its test accuracy."""
+    out = {}
+    for steps in steps_list:
+        plain_val, _ = evaluate("validation", steps)
+        plain_test, nfe = evaluate("test", steps)
+        grid = {f"{tau}/{b}": evaluate("validation", steps, tau=tau, budget=b)[0] for tau, b in GRID}
+        best = max(grid, key=lambda key: (grid[key], -float(key.split("/")[1])))  # ties: the smaller budget
+        tau, budget = float(best.split("/")[0]), int(best.split("/")[1])
+        test, nfe_sc = evaluate("test", steps, tau=tau, budget=budget)
+        assert nfe_sc == nfe  # equal forwards by construction
+        out[steps] = dict(plain_validation=plain_val, plain=plain_test, forwards=nfe, grid=grid, chosen=best,
+                          chosen_validation=grid[best], self_correction=test)  # fmt: skip
+    return out
+
+
+def demo_task(n_questions: int, steps_list: list[int]) -> tuple[dict, int]:
+    from llada_hf.demo import PHRASINGS, arithmetic_answer, load_demo_model, split_pairs
+
+    model, tokenizer = load_demo_model()
+    _, held_out = split_pairs()
+    rng = random.Random(0)
+    pairs = held_out[: 2 * n_questions]
+    rng.shuffle(pairs)
+    splits = {"validation": pairs[:n_questions], "test": pairs[n_questions:]}
+    data = {}
+    for name, split in splits.items():
+        questions = [(rng.choice(PHRASINGS).format(a=a, b=b), arithmetic_answer(a, b)) for a, b in split]
+        by_length: dict[int, list] = {}
+        for question, expected in questions:
+            ids = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                                tokenize=True, return_dict=False)  # fmt: skip
+            by_length.setdefault(len(ids), []).append((ids, expected))
+        data[name] = [(torch.tensor([ids for ids, _ in group]), [e for _, e in group]) for group in by_length.values()]
+    canvas = model.generation_config.max_new_tokens
+
+    def evaluate(split, steps, tau=0.0, budget=0):
+        correct = total = 0
+        nfe = 0
+        for prompts, expected in data[split]:
+            answers, nfe = mdm_decode(model, prompts, canvas, steps=steps, remask_budget=budget, remask_threshold=tau)
+            decoded = [tokenizer.decode(a, skip_special_tokens=True).strip() for a in answers]
+            correct += sum(d == e for d, e in zip(decoded, expected))
+            total += len(expected)
+        return correct / total, nfe
+
+    return run_grid(evaluate, steps_list), canvas
+
+
+def clock_task(seed: int, args, steps_list: list[int]) -> tuple[dict, dict]:
+    task = ClockWalk(args.positions)
+    model = build_model(Backbone(**args.backbone), task.vocab_size, task.prompt_length + task.answer_length, seed)
+    record = train(model, "mdm", task.batches(args.batch_size, seed), args.steps, args.lr, seed,
+                   warmup=min(100, args.steps // 10))  # fmt: skip
+    path = slice(0, task.path_length)
+    splits = {
+        "validation": task.sample(args.test_size, torch.Generator().manual_seed(20_000)),
+        "test": task.sample(args.test_size, torch.Generator().manual_seed(10_000)),
+    }
+
+    def evaluate(split, steps, tau=0.0, budget=0):
+        prompts, answers = splits[split]
+        outputs, nfe = mdm_decode(model, prompts, task.answer_length, steps=steps, remask_budget=budget,
+                                  remask_threshold=tau)  # fmt: skip
+        return float((outputs[:, path] == answers[:, path]).all(-1).float().mean()), nfe
+
+    result = run_grid(evaluate, steps_list)
+    print(f"  clock seed {seed}: loss {record['final_loss']:.3f}; "
+          + ", ".join(f"steps {s}: {100 * r['plain']:.0f}% -> {100 * r['self_correction']:.0f}% ({r['chosen']})"
+                      for s, r in result.items()), flush=True)  # fmt: skip
+    return result, record
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    common_arguments(parser)
+    parser.add_argument("--demo-questions", type=int, default=150, help="per split (validation and test)")
+    parser.add_argument("--positions", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=2500)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--test-size", type=int, default=200)
+    args = parser.parse_args(argv)
+    args.backbone = dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=192)
+    if args.quick:
+        args.demo_questions, args.steps, args.seeds, args.test_size = 10, 30, min(args.seeds, 1), 20
+    setup(args.threads)
+    start = time.time()
+    command = "python experiments/self_correction.py " + " ".join(argv if argv is not None else sys.argv[1:])
+
+    demo, demo_canvas = demo_task(args.demo_questions, [4, 2])
+    clock_canvas = args.positions + 1
+    clock_steps = [clock_canvas // 2, clock_canvas // 3]
+    per_seed, records = [], []
+    for seed in range(args.seeds):
+        result, record = clock_task(seed, args, clock_steps)
+        per_seed.append(result)
+        records.append(record)
+    wall = round(time.time() - start, 1)
+
+    def pct(value):
+        return f"{100 * value:.1f}"
+
+    rows = []
+    for steps, r in demo.items():
+        rows.append([f"demo addition ({demo_canvas}-token canvas)", f"{demo_canvas / r['forwards']:.0f}", r["forwards"],
+                     pct(r["plain"]), pct(r["self_correction"]), r["chosen"]])  # fmt: skip
+    for steps in clock_steps:
+        plain = mean_std([100 * s[steps]["plain"] for s in per_seed])
+        corrected = mean_std([100 * s[steps]["self_correction"] for s in per_seed])
+        chosen = ", ".join(s[steps]["chosen"] for s in per_seed)
+        rows.append([f"clock walk ({clock_canvas}-token canvas)", f"{clock_canvas / steps:.0f}", steps,
+                     f"{plain['mean']:.1f} ± {plain['std']:.1f}", f"{corrected['mean']:.1f} ± {corrected['std']:.1f}",
+                     chosen])  # fmt: skip
+    markdown = (
+        f"# Self-correction (ReMDM-conf re-masking) at equal forwards\n\n`{command}` ({wall:.0f} s, {args.threads} "
+        f"thread(s))\n\nTest accuracy (%) without and with re-masking; (tau/budget) chosen on a validation split "
+        f"(demo: {args.demo_questions} held-out questions per split, one model; clock walk: {args.test_size} walks "
+        f"per split, mean ± sample std over {args.seeds} seeds, {args.steps} training steps each).\n\n"
+        + markdown_table(["task", "tokens/forward", "forwards", "plain", "self-correction", "chosen tau/b"], rows)
+    )
+    data = {
+        "command": command, "wall_s": wall, "config": {k: v for k, v in vars(args).items() if k != "out_dir"},
+        "demo": demo, "clock_per_seed": per_seed, "clock_training": records,
+    }  # fmt: skip
+    write_results("self_correction", markdown, data, None, Path(args.out_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
