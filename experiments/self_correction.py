@@ -148,9 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         return f"{100 * value:.1f}"
 
     rows = []
-    for steps, r in demo.items():
-        rows.append([f"demo addition ({demo_canvas}-token canvas)", f"{demo_canvas / r['forwards']:.0f}", r["forwards"],
-                     pct(r["plain"]), pct(r["self_correction"]), r["chosen"]])  # fmt: skip
+    for r in demo.values():
+        rows.append([f"demo addition ({demo_canvas}-token canvas)", f"{demo_canvas / r['forwards']:.0f}",
+                     r["forwards"], pct(r["plain"]), pct(r["self_correction"]), r["chosen"]])  # fmt: skip
     for steps in clock_steps:
         plain = mean_std([100 * s[steps]["plain"] for s in per_seed])
         corrected = mean_std([100 * s[steps]["self_correction"] for s in per_seed])

@@ -380,8 +380,8 @@ class LLaDAModelLM(LLaDAPreTrainedModel, DiffusionGenerationMixin):
         diffusion_cache=None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> MaskedLMOutput:
-        """`logits_to_keep` (a slice or an index tensor of positions) runs the 126k-column head only where logits are needed (the
-        sampler's current block); `diffusion_cache` is generation's prefix/dual KV cache."""
+        """`logits_to_keep` (a slice or an index tensor of positions) runs the 126k-column head only where logits are
+        needed (the sampler's current block); `diffusion_cache` is generation's prefix/dual KV cache."""
         outputs: BaseModelOutput = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,

@@ -7,11 +7,11 @@ import sys
 import pytest
 import torch
 from conftest import tiny_model
+from llada_hf.generation.generation_llada import HONOURED_FIELDS, REJECTED_FIELDS, DiffusionSampler
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria
 from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
 
 from llada_hf.demo import load_demo_model
-from llada_hf.generation.generation_llada import HONOURED_FIELDS, REJECTED_FIELDS, DiffusionSampler
 
 MASK, EOS = 1000, 1001
 FIT = dict(max_new_tokens=8, steps=8, block_length=8)
@@ -347,8 +347,9 @@ def test_self_correction_remasks_low_confidence_commits_at_equal_forwards():
         remasked += int(((before != MASK) & (after == MASK)).sum())
     assert 0 < remasked <= 3 * 2 * 2  # budget per row and block
     assert not torch.equal(out.sequences, plain.sequences)
-    assert torch.equal(model.generate(prompt, remask_budget=3, remask_threshold=0.0, **kwargs).sequences,
-                       plain.sequences)  # fmt: skip  (nothing below confidence 0: the official path)
+    assert torch.equal(
+        model.generate(prompt, remask_budget=3, remask_threshold=0.0, **kwargs).sequences, plain.sequences
+    )  # fmt: skip  (nothing below confidence 0: the official path)
 
 
 def test_step_compiles_without_graph_breaks(golden_model, golden_cases):
