@@ -1,37 +1,40 @@
-"""lm-evaluation-harness backend for LLaDA: `--model llada_hf`.
+"""lm-evaluation-harness backend for LLaDA: `--model llada_hf`, a subclass of lm-eval's `HFLM`.
 
-Importing this module registers the model type "llada_hf" with `lm_eval`. The `lm_eval` CLI only knows its built-in
-models (it has no plugin discovery), so run it through this module, which imports itself and then calls lm-eval's CLI:
+Importing this module registers "llada_hf" with `lm_eval`. The `lm_eval` CLI only knows its built-in models (no plugin
+discovery), so run it through this module, which registers itself and then calls lm-eval's CLI:
 
     python -m llada_hf.lm_eval_backend --model llada_hf --model_args pretrained=GSAI-ML/LLaDA-8B-Base,preset=base \\
-        --tasks arc_challenge --batch_size 8
+        --tasks arc_challenge --batch_size 32
 
 or from Python: `import llada_hf.lm_eval_backend` and then `lm_eval.simple_evaluate(model="llada_hf", ...)`.
 
-- `loglikelihood`: the official Monte-Carlo ELBO (`llada_hf.likelihood.batch_log_likelihood`), many requests per
-  forward. `is_greedy` is only computed with `is_check_greedy=True` (a greedy one-token-per-step `generate()` of the
-  answer's length must reproduce the answer); otherwise it is False, as in the official evaluation, since no metric
-  of the paper uses it.
-- `loglikelihood_rolling`: the ELBO of each document, summed over lm-eval's disjoint rolling windows of `max_length`
-  tokens (each window's tokens are scored given the tokens before it that still fit: one for a full window, BOS for
-  the first). It is a lower bound, so perplexities are upper bounds.
-- `generate_until`: `model.generate()` (the official sampler), text cut at the first stop sequence.
+`HFLM` does the loading (device, dtype, device_map / parallelize, peft, revision, quantisation), tokenisation, chat
+templates, request sorting and batching, and data parallelism. Only what diffusion changes is overridden:
+
+- `loglikelihood`: the Monte-Carlo ELBO (`llada_hf.likelihood.batch_log_likelihood`); `mc_num` / `mc_batch_size` set
+  the estimator, `--batch_size` the rows per forward. `is_greedy` is only computed with `is_check_greedy=True`.
+- `loglikelihood_rolling`: the ELBO summed over lm-eval's disjoint rolling windows (a lower bound).
+- `generate_until`: `model.generate()` (the diffusion sampler), `until` passed as `stop_strings` (a row stops spending
+  forwards once its final prefix holds a stop sequence), the text cut at the first stop sequence.
 
 Per-task settings (`preset=base|instruct|instruct_semi_ar|llada1.5`) follow the official evaluation; see
-`docs/EVAL.md` and `PRESETS`. Explicit model arguments always win over a preset.
+`docs/EVAL.md` and `PRESETS`.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from collections import defaultdict
-from typing import Any
+from typing import Any, NamedTuple
 
 import lm_eval.models  # noqa: F401  (registers the built-in models first; get_model() skips that if ours is alone)
 import torch
-from lm_eval.api.model import TemplateLM
+import transformers
+from lm_eval.api.model import CacheHook
 from lm_eval.api.registry import model_registry, register_model
+from lm_eval.models.huggingface import HFLM
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window, simple_parse_args_string
 from tqdm import tqdm
 
@@ -41,32 +44,26 @@ logger = logging.getLogger(__name__)
 
 MODEL_NAME = "llada_hf"
 
-# Official defaults (ML-GSAI eval_llada.py): used where neither a model argument nor a preset sets a value.
-DEFAULTS: dict[str, Any] = {
-    "mc_num": 128,
-    "batch_size": 32,
-    "cfg": 0.0,
-    "gen_length": 1024,
-    "steps": 1024,
-    "block_length": 1024,
-    "remasking": "low_confidence",
-    "temperature": 0.0,
-    "logits_eos_inf": False,
-    "confidence_eos_eot_inf": False,
-}
+# The likelihood estimator's official defaults (ML-GSAI eval_llada.py: mc_num 128 in groups of 32).
+DEFAULTS: dict[str, Any] = {"mc_num": 128, "mc_batch_size": 32, "cfg": 0.0}
 
-# Generation settings; all but temperature may also come per request from `--gen_kwargs`.
-GEN_KWARGS = ("gen_length", "steps", "block_length", "remasking", "cfg", "temperature", "logits_eos_inf",
-              "confidence_eos_eot_inf")  # fmt: skip
+# Generation settings, by generate()'s names; the official eval_llada.py names are accepted as aliases.
+GEN_KEYS = ("max_new_tokens", "steps", "block_length", "remasking", "cfg_scale", "temperature", "suppress_eos_logits",
+            "suppress_eos_confidence")  # fmt: skip
+ALIASES = {"gen_length": "max_new_tokens", "cfg": "cfg_scale", "logits_eos_inf": "suppress_eos_logits",
+           "confidence_eos_eot_inf": "suppress_eos_confidence"}  # fmt: skip
+# The task's answer length (lm-eval's names): ranks below explicit settings, above the checkpoint and presets.
+TASK_LENGTH_KEYS = ("max_gen_toks", "max_new_tokens", "max_tokens", "max_completion_tokens")
+RENAMED = {"rows_per_forward": "batch_size", "gen_batch_size": "batch_size", "model_path": "pretrained"}
 
-_PPL = {"mc_num": 128, "batch_size": 8}
-_GEN_1024 = {"gen_length": 1024, "steps": 1024, "block_length": 1024}
+_PPL = {"mc_num": 128, "mc_batch_size": 8}
+_GEN_1024 = {"max_new_tokens": 1024, "steps": 1024, "block_length": 1024}
 
 
 def _gen(length: int, block: int, conf: bool = False, eos: bool = False) -> dict[str, Any]:
     # Steps are not given by EVAL.md for Instruct / 1.5; one token per step (steps = gen_length) is assumed.
-    return {"gen_length": length, "steps": length, "block_length": block, "confidence_eos_eot_inf": conf,
-            "logits_eos_inf": eos}  # fmt: skip
+    return {"max_new_tokens": length, "steps": length, "block_length": block,
+            "suppress_eos_confidence": "official" if conf else None, "suppress_eos_logits": eos}  # fmt: skip
 
 
 # Keys are lm-eval task names; a task uses the longest key equal to its name or prefixing it followed by "_".
@@ -80,9 +77,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "hellaswag": {**_PPL, "cfg": 0.5},
         "winogrande": {**_PPL, "cfg": 0.0},
         "piqa": {**_PPL, "cfg": 0.5},
-        "mmlu": {"mc_num": 1, "batch_size": 1, "cfg": 0.0},
-        "cmmlu": {"mc_num": 1, "batch_size": 1, "cfg": 0.0},
-        "ceval-valid": {"mc_num": 1, "batch_size": 1, "cfg": 0.0},
+        "mmlu": {"mc_num": 1, "mc_batch_size": 1, "cfg": 0.0},
+        "cmmlu": {"mc_num": 1, "mc_batch_size": 1, "cfg": 0.0},
+        "ceval-valid": {"mc_num": 1, "mc_batch_size": 1, "cfg": 0.0},
         "bbh": dict(_GEN_1024),
         "gsm8k": dict(_GEN_1024),
         "minerva_math": dict(_GEN_1024),
@@ -127,117 +124,109 @@ def preset_for_task(preset: str | None, task_name: str | None) -> dict[str, Any]
     return dict(table[max(keys, key=len)]) if keys else {}
 
 
-def _to_bool(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "y")
-    return bool(value)
+def _gen_settings(values: dict[str, Any]) -> dict[str, Any]:
+    """Generation keys of `values` under generate()'s names (official aliases mapped, `cfg` shared with scoring)."""
+    out = {}
+    for key, value in values.items():
+        name = ALIASES.get(key, key)
+        if name == "suppress_eos_confidence" and isinstance(value, bool):
+            value = "official" if value else None  # the official flag is the bug-for-bug rule
+        if name in GEN_KEYS and value is not None:
+            out[name] = value
+    return out
 
 
-def _parse_batch_size(value: Any) -> int | None:
-    if value is None or (isinstance(value, str) and value.startswith("auto")):
-        return None  # "auto" has no meaning here: the estimator's batch size is a statistical setting
-    return int(value)
+def _fit_schedule(settings: dict[str, Any], levels: dict[str, int], ref_lengths: dict[int, int]) -> dict[str, Any]:
+    """Steps and block length set below the level that chose the answer length were meant for another length:
+    keep the tokens per step, and drop a block length that does not divide the new length (one block)."""
+    length = int(settings["max_new_tokens"])
+    block = settings.get("block_length")
+    if block and levels["block_length"] < levels["max_new_tokens"] and (block > length or length % block):
+        settings["block_length"] = block = None
+    steps = settings.get("steps")
+    if steps and levels["steps"] < levels["max_new_tokens"]:
+        ref = ref_lengths.get(levels["steps"])
+        steps = max(1, round(steps * length / ref)) if ref else min(steps, length)
+        blocks = length // (block or length)
+        settings["steps"] = max(blocks, steps // blocks * blocks)
+    return settings
 
 
-class LLaDAEvalHarness(TemplateLM):
-    """lm-eval `LM` for LLaDA checkpoints (official or native), scored with the diffusion ELBO, generated with the
-    diffusion sampler.
+class _Request(NamedTuple):
+    """What HFLM.generate_until reads from a request: its args (context, generation kwargs)."""
 
-    Model arguments (`--model_args k=v,...`; the official script's names are accepted too):
-        pretrained / model_path: checkpoint path or hub id (or a loaded model, from Python).
-        tokenizer: tokenizer path (default: `pretrained`) or object.
-        dtype: "bfloat16" (official), "float32", "float16" or "auto". device: default cuda if available.
+    args: tuple[str, dict[str, Any]]
+
+
+class LLaDAEvalHarness(HFLM):
+    """lm-eval's `HFLM` for LLaDA checkpoints: ELBO scoring and diffusion generation; everything else is HFLM's.
+
+    Model arguments besides HFLM's (`--model_args k=v,...`):
         preset: per-task settings table (`PRESETS`): base, instruct, instruct_semi_ar, llada1.5.
-        mc_num, batch_size (= lm-eval's --batch_size), cfg: the likelihood estimator (official meaning: mc_num samples
-            in groups of batch_size with stratified mask counts). method: "mc" (official), "stratified" or "exact"
-            (deterministic deviations, see `llada_hf.likelihood`). seed: the stratified design's seed.
-        rows_per_forward: rows packed into one forward when scoring (memory knob; does not change the estimator).
-        is_check_greedy: compute `is_greedy` (slow: one generate per request). max_length: context limit.
-        gen_length, steps, block_length, remasking, temperature, logits_eos_inf, confidence_eos_eot_inf: generation.
-        gen_batch_size: prompts per generate() call (left-padded; rows get the answers they would get alone).
-        mask_id: mask token id (default: the model config's). add_special_tokens: passed to the tokenizer (default:
-            the tokenizer's own default, off once a chat template has been applied).
+        mc_num, mc_batch_size, cfg (= cfg_scale): the likelihood estimator (official meaning: mc_num samples in
+            groups of mc_batch_size with stratified mask counts); method: "mc" (official), "stratified" or "exact";
+            seed: the stratified design's seed. is_check_greedy: compute `is_greedy` (one generate per request).
+        max_new_tokens (= gen_length), steps, block_length, remasking, temperature, suppress_eos_logits
+            (= logits_eos_inf), suppress_eos_confidence (= confidence_eos_eot_inf): generation (`generate()`).
+        mask_id: mask token id (default: the model config's).
+    `--batch_size` is rows per forward (scoring) and prompts per `generate()` call, capped by `max_batch_size`.
     """
 
-    backend = "causal"  # how TemplateLM._encode_pair splits context/continuation: encode the whole, then cut
+    AUTO_MODEL_CLASS = transformers.AutoModel  # LLaDA's AutoModel is the model with its LM head
+    _DEFAULT_MAX_LENGTH = 4096
 
     def __init__(
         self,
         pretrained: Any = None,
-        model_path: str | None = None,
-        tokenizer: Any = None,
-        dtype: str | torch.dtype | None = "bfloat16",
-        device: str | None = None,
-        batch_size: int | str | None = None,
-        max_batch_size: int | None = None,
         preset: str | None = None,
-        mc_num: int | None = None,
-        cfg: float | None = None,
-        cfg_scale: float | None = None,
         method: str = "mc",
         seed: int = 0,
-        rows_per_forward: int = 32,
         is_check_greedy: bool = False,
-        max_length: int = 4096,
-        gen_length: int | None = None,
-        steps: int | None = None,
-        block_length: int | None = None,
-        remasking: str | None = None,
-        temperature: float | None = None,
-        logits_eos_inf: bool | None = None,
-        confidence_eos_eot_inf: bool | None = None,
-        gen_batch_size: int = 1,
         mask_id: int | None = None,
-        add_special_tokens: bool | None = None,
-        trust_remote_code: bool = False,
-        harness_batch_size: int | str | None = None,
+        dtype: str | torch.dtype | None = "bfloat16",
+        device: str | None = None,
+        max_batch_size: int | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__()
-        if kwargs:
-            logger.warning("llada_hf: ignoring unknown model arguments %s", sorted(kwargs))
+        for old, new in RENAMED.items():
+            if old in kwargs:
+                raise ValueError(f"llada_hf: `{old}` is now `{new}` (see docs/EVAL.md).")
+        ours = {key: kwargs.pop(key) for key in list(kwargs) if key in DEFAULTS or key in ALIASES or key in GEN_KEYS}
         if preset is not None and preset not in PRESETS:
             raise ValueError(f"Unknown preset {preset!r}; valid: {sorted(PRESETS)}.")
         if method not in METHODS:
             raise ValueError(f"Unknown method {method!r}; valid: {METHODS}.")
-        if cfg is not None and cfg_scale is not None and float(cfg) != float(cfg_scale):
+        if "cfg" in ours and "cfg_scale" in ours and float(ours["cfg"]) != float(ours["cfg_scale"]):
             raise ValueError("Pass either cfg or cfg_scale, not both.")
-        self.preset = preset
-        self.method = method
-        self.seed = int(seed)
-        self.rows_per_forward = int(rows_per_forward)
-        self.is_check_greedy = _to_bool(is_check_greedy)
-        self.max_length = int(max_length)
-        self.gen_batch_size = int(gen_batch_size)
-        self.add_special_tokens = None if add_special_tokens is None else _to_bool(add_special_tokens)
-        self._chat_templated = False
-        # Values the user set explicitly: they override presets and defaults.
-        explicit = {
-            "mc_num": mc_num, "batch_size": _parse_batch_size(batch_size),
-            "cfg": cfg if cfg is not None else cfg_scale,
-            "gen_length": gen_length, "steps": steps, "block_length": block_length, "remasking": remasking,
-            "temperature": temperature, "logits_eos_inf": logits_eos_inf,
-            "confidence_eos_eot_inf": confidence_eos_eot_inf,
-        }  # fmt: skip
-        self.explicit = {k: v for k, v in explicit.items() if v is not None}
-        # lm-eval's --batch_size (always passed by its CLI, default 1) ranks below presets: see create_from_arg_obj.
-        harness_batch_size = _parse_batch_size(harness_batch_size)
-        self.harness_defaults = {} if harness_batch_size is None else {"batch_size": harness_batch_size}
-
-        self.accelerator = None
-        self._setup_distributed()
-        self.model = self._load_model(pretrained if pretrained is not None else model_path, dtype, device,
-                                      trust_remote_code)  # fmt: skip
-        self.tokenizer = self._load_tokenizer(tokenizer, pretrained if pretrained is not None else model_path,
-                                              trust_remote_code)  # fmt: skip
-        self.mask_id = int(mask_id) if mask_id is not None else getattr(self.model.config, "mask_token_id", None)
+        if "cfg_scale" in ours:
+            ours["cfg"] = ours["cfg_scale"]
+        if device is None or (str(device).startswith("cuda") and not torch.cuda.is_available()):
+            if device is not None:
+                logger.warning("llada_hf: device %s requested but CUDA is not available; using the CPU.", device)
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        kwargs.setdefault("backend", "causal")
+        super().__init__(pretrained, dtype=dtype, device=device, max_batch_size=max_batch_size or 64, **kwargs)
+        self.max_batch_cap = None if max_batch_size is None else int(max_batch_size)
+        self.preset, self.method, self.seed = preset, method, int(seed)
+        self.is_check_greedy = str(is_check_greedy).lower() in ("1", "true", "yes")
+        self.explicit = {key: ours[key] for key in ("mc_num", "mc_batch_size", "cfg") if key in ours}
+        self.explicit_gen = _gen_settings(ours)
+        self.mask_id = int(mask_id) if mask_id is not None else getattr(self.config, "mask_token_id", None)
         if self.mask_id is None:
             raise ValueError("The model config has no mask_token_id; pass mask_id=... in --model_args.")
-        settings = self.settings(None)  # fail before loading data when the explicit settings cannot work
-        if self.method == "mc" and settings["mc_num"] % settings["batch_size"]:
-            raise ValueError(
-                f"mc_num ({settings['mc_num']}) must be divisible by batch_size ({settings['batch_size']})."
-            )
+        generation_config = getattr(self.model, "generation_config", None)
+        # A generation_config.json written by hand (not derived from config.json) ranks above the presets.
+        self.checkpoint_gen = {}
+        if generation_config is not None and not getattr(generation_config, "_from_model_config", False):
+            defaults = type(generation_config)()
+            self.checkpoint_gen = {
+                key: getattr(generation_config, key) for key in GEN_KEYS
+                if getattr(generation_config, key, None) != getattr(defaults, key, None)
+            }  # fmt: skip
+        self._auto_rows = None
+        self._chat_templated = self._warned = False
+        self._task = None
+        self.likelihood_settings(None)  # fail now when the explicit settings cannot work
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> LLaDAEvalHarness:
@@ -245,287 +234,210 @@ class LLaDAEvalHarness(TemplateLM):
 
     @classmethod
     def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None) -> LLaDAEvalHarness:
-        """`--model_args` win over lm-eval's own options (the base class fails when both set device/batch_size).
-
-        lm-eval's `--batch_size` becomes `harness_batch_size`: it ranks below a preset's per-task batch size (its CLI
-        always passes one, so `--batch_size 8` must not break MMLU's mc_num=1), while `batch_size` in `--model_args`
-        ranks above."""
+        """`--model_args` win over lm-eval's own options (the base class fails when both set device/batch_size)."""
         extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in arg_dict}
-        if "batch_size" in extra:
-            extra["harness_batch_size"] = extra.pop("batch_size")
         return cls(**arg_dict, **extra)
 
     # ----------------------------------------------------------------------------------------------------------------
-    # Setup
-
-    def _setup_distributed(self) -> None:
-        """Data parallel under `accelerate launch`, like lm-eval's HF backend (untested here: single process only)."""
-        try:
-            from accelerate import Accelerator, PartialState
-        except ImportError:  # pragma: no cover
-            return
-        if PartialState().num_processes > 1:
-            self.accelerator = Accelerator()
-            self._rank = self.accelerator.process_index
-            self._world_size = self.accelerator.num_processes
-
-    def _load_model(self, pretrained, dtype, device, trust_remote_code):
-        from transformers import AutoModel, PreTrainedModel
-
-        import llada_hf  # noqa: F401  (registers the Auto classes)
-
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        elif str(device).startswith("cuda") and not torch.cuda.is_available():
-            logger.warning("llada_hf: device %s requested but CUDA is not available; using the CPU.", device)
-            device = "cpu"  # lm-eval's CLI passes --device cuda:0 unless told otherwise
-        if self.accelerator is not None:
-            device = self.accelerator.device
-        self._device = torch.device(device)
-        if isinstance(pretrained, PreTrainedModel):
-            model = pretrained
-        else:
-            if pretrained is None:
-                raise ValueError("Pass pretrained=PATH (or model_path=PATH) in --model_args.")
-            if isinstance(dtype, str) and dtype != "auto":
-                dtype = getattr(torch, dtype)
-            model = AutoModel.from_pretrained(pretrained, dtype=dtype, trust_remote_code=_to_bool(trust_remote_code))
-            model = model.to(self._device)
-        return model.eval()
-
-    def _load_tokenizer(self, tokenizer, pretrained, trust_remote_code):
-        from transformers import AutoTokenizer, PreTrainedTokenizerBase
-
-        if isinstance(tokenizer, PreTrainedTokenizerBase):
-            return tokenizer
-        source = tokenizer if tokenizer is not None else pretrained
-        if not isinstance(source, str):
-            source = getattr(getattr(self.model, "config", None), "_name_or_path", None)
-        if not source:
-            raise ValueError("Pass tokenizer=PATH in --model_args (the model was given as an object).")
-        return AutoTokenizer.from_pretrained(source, trust_remote_code=_to_bool(trust_remote_code))
-
-    def settings(self, task_name: str | None) -> dict[str, Any]:
-        """Effective settings: official defaults < lm-eval's --batch_size < the task's preset entry < --model_args."""
-        return {**DEFAULTS, **self.harness_defaults, **preset_for_task(self.preset, task_name), **self.explicit}
-
-    # ----------------------------------------------------------------------------------------------------------------
-    # lm-eval plumbing
+    # Settings
 
     @property
-    def eot_token_id(self) -> int:
-        return self.tokenizer.eos_token_id
+    def batch_size(self):
+        """Rows per forward / prompts per generate() call: `--batch_size`, capped by an explicit `max_batch_size`."""
+        size = self.batch_size_per_gpu
+        if self.max_batch_cap is not None and size != "auto" and int(size) > self.max_batch_cap:
+            logger.warning("llada_hf: batch_size %s capped to max_batch_size %d.", size, self.max_batch_cap)
+            return self.max_batch_cap
+        return size
 
-    @property
-    def prefix_token_id(self) -> int:
-        """Context for an empty context: BOS when the tokenizer has one (LLaDA's `<|startoftext|>`), else EOS."""
-        bos = self.tokenizer.bos_token_id
-        return bos if bos is not None else self.eot_token_id
+    def _rows_per_forward(self) -> int:
+        if self.batch_size != "auto":
+            return int(self.batch_size)
+        if self._auto_rows is None:
+            self._auto_rows = int(self._detect_batch_size())  # HFLM's search, from max_batch_size down
+        return self._auto_rows
 
-    @property
-    def tokenizer_name(self) -> str:
-        return self.tokenizer.name_or_path.replace("/", "__")
+    def likelihood_settings(self, task_name: str | None) -> dict[str, Any]:
+        """Estimator settings: official defaults < the task's preset entry < --model_args. An unset mc_batch_size
+        is gcd(mc_num, 32) (32 for the official mc_num 128)."""
+        preset = {k: v for k, v in preset_for_task(self.preset, task_name).items() if k in DEFAULTS}
+        settings = {**DEFAULTS, **preset, **self.explicit}
+        settings = {"mc_num": int(settings["mc_num"]), "mc_batch_size": int(settings["mc_batch_size"]),
+                    "cfg": float(settings["cfg"])}  # fmt: skip
+        if "mc_batch_size" not in self.explicit and "mc_batch_size" not in preset:
+            settings["mc_batch_size"] = math.gcd(settings["mc_num"], DEFAULTS["mc_batch_size"])
+        if self.method == "mc" and settings["mc_num"] % settings["mc_batch_size"]:
+            raise ValueError(
+                f"mc_num ({settings['mc_num']}) must be divisible by mc_batch_size ({settings['mc_batch_size']})."
+            )
+        return settings
 
-    def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
-        if add_special_tokens is None:
-            add_special_tokens = self.add_special_tokens
-        if add_special_tokens is None:
-            add_special_tokens = False if self._chat_templated else True  # True = the tokenizer's own default
-        return self.tokenizer(string, add_special_tokens=add_special_tokens)["input_ids"]
-
-    def tok_decode(self, tokens, skip_special_tokens: bool = False) -> str:
-        return self.tokenizer.decode(tokens, skip_special_tokens=skip_special_tokens)
-
-    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
-        """The tokenizer's chat template (LLaDA's writes BOS itself, so later encodes add no special tokens)."""
-        self._chat_templated = True
-        return self.tokenizer.apply_chat_template(
-            chat_history, tokenize=False, add_generation_prompt=add_generation_prompt,
-            continue_final_message=not add_generation_prompt,
-        )  # fmt: skip
-
-    def all_gather(self, tensor):
-        return tensor if self.accelerator is None else self.accelerator.gather(tensor)
-
-    def gather_object(self, obj, dst=0):
-        if self.accelerator is None:
-            return [obj]
-        result = [None] * self.world_size if self.rank == dst else None
-        torch.distributed.gather_object(obj=obj, object_gather_list=result, dst=dst)
-        return result
-
-    def barrier(self) -> None:
-        if self.accelerator is not None:
-            self.accelerator.wait_for_everyone()
+    def generation_settings(self, task_name: str | None, gen_kwargs: dict[str, Any] | None) -> dict[str, Any]:
+        """generate() settings, lowest first: the preset entry, the checkpoint's generation_config.json, the task's
+        max_gen_toks (length only), --model_args, diffusion keys in the request's gen_kwargs (`--gen_kwargs`).
+        Without any length: HFLM's max_gen_toks (256). A task's temperature counts with do_sample only."""
+        gen_kwargs = dict(gen_kwargs or {})
+        preset = preset_for_task(self.preset, task_name)
+        task_length = next((gen_kwargs[k] for k in TASK_LENGTH_KEYS if gen_kwargs.get(k) is not None), None)
+        request = _gen_settings({k: v for k, v in gen_kwargs.items() if k not in TASK_LENGTH_KEYS})
+        request.pop("temperature", None)
+        if gen_kwargs.get("do_sample") and gen_kwargs.get("temperature") and "temperature" not in self.explicit_gen:
+            request["temperature"] = float(gen_kwargs["temperature"])
+        layers = [
+            {"max_new_tokens": self.max_gen_toks, "remasking": "low_confidence", "temperature": 0.0},
+            _gen_settings(preset),
+            self.checkpoint_gen,
+            {} if task_length is None else {"max_new_tokens": int(task_length)},
+            {**_gen_settings(self.explicit), **self.explicit_gen},
+            request,
+        ]
+        settings, levels = {}, {}
+        for level, layer in enumerate(layers):
+            for key, value in layer.items():
+                settings[key], levels[key] = value, level
+        levels.setdefault("steps", -1)
+        levels.setdefault("block_length", -1)
+        ref_lengths = {
+            level: layer["max_new_tokens"] for level, layer in enumerate(layers) if "max_new_tokens" in layer
+        }
+        return _fit_schedule(settings, levels, ref_lengths)
 
     # ----------------------------------------------------------------------------------------------------------------
     # Likelihood
 
-    def _encode_request(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
-        """TemplateLM's encoding (trailing context spaces move to the continuation; empty context -> prefix token),
-        then the context is cut from the left to fit `max_length`."""
-        if context == "":
-            continuation_enc = self.tok_encode(continuation, add_special_tokens=False)
-            context_enc = [self.prefix_token_id]
-        else:
-            context_enc, continuation_enc = self._encode_pair(context, continuation)
-        if not continuation_enc:
-            raise ValueError(f"The continuation {continuation!r} encodes to no tokens: there is nothing to score.")
-        if len(continuation_enc) >= self.max_length:
-            raise ValueError(
-                f"Continuation of {len(continuation_enc)} tokens does not fit max_length={self.max_length}."
-            )
-        overflow = len(context_enc) + len(continuation_enc) - self.max_length
-        if overflow > 0:
-            logger.warning("llada_hf: context cut by %d tokens from the left to fit max_length.", overflow)
-            context_enc = context_enc[overflow:]
-        return context_enc, continuation_enc
-
-    def _score(self, pairs: list[tuple[list[int], list[int]]], settings: dict[str, Any]) -> list[float]:
-        return batch_log_likelihood(
-            self.model, pairs, mc_num=int(settings["mc_num"]), batch_size=int(settings["batch_size"]),
-            cfg_scale=float(settings["cfg"]), mask_token_id=self.mask_id, method=self.method, seed=self.seed,
-            rows_per_forward=self.rows_per_forward,
-        )  # fmt: skip
-
-    def _score_by_task(self, items: list[tuple[str | None, list[int], list[int]]]) -> list[float]:
-        """Score (task, context ids, continuation ids) items; items with equal settings share forwards. Within a
-        settings group the order (and so the random draws) is the request order, as in the official loop."""
+    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        """ELBO of each continuation; requests with equal estimator settings are scored together, in request order
+        (so the random draws are those of the official loop)."""
+        self._warn_delimiter(requests)
         groups: dict[tuple, list[int]] = defaultdict(list)
-        for index, (task, _, _) in enumerate(items):
-            settings = self.settings(task)
-            groups[(settings["mc_num"], settings["batch_size"], settings["cfg"])].append(index)
-        values: list[float] = [0.0] * len(items)
+        for index, request in enumerate(requests):
+            groups[tuple(self.likelihood_settings(request.task_name).values())].append(index)
+        results: list[Any] = [None] * len(requests)
         for indices in groups.values():
-            settings = self.settings(items[indices[0]][0])
-            scores = self._score([(items[i][1], items[i][2]) for i in indices], settings)
-            for i, score in zip(indices, scores):
-                values[i] = score
-        return values
-
-    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, task_names=None) -> list[tuple[float, bool]]:
-        """(ELBO, is_greedy) for TemplateLM-style requests ((context, continuation), context ids, continuation ids)."""
-        task_names = task_names or [None] * len(requests)
-        items = [(task, list(ctx), list(cont)) for task, (_, ctx, cont) in zip(task_names, requests)]
-        values = self._score_by_task(items)
-        results = []
-        for (task, ctx, cont), value, request in tqdm(
-            list(zip(items, values, requests)),
-            desc="llada_hf is_greedy",
-            disable=disable_tqdm or not self.is_check_greedy,
-        ):
-            greedy = self._is_greedy(ctx, cont, self.settings(task)) if self.is_check_greedy else False
-            results.append((value, greedy))
-            self.cache_hook.add_partial("loglikelihood", request[0], (value, greedy))
+            self._task = requests[indices[0]].task_name
+            try:
+                values = super().loglikelihood([requests[i] for i in indices], disable_tqdm=disable_tqdm)
+            finally:
+                self._task = None
+            for i, value in zip(indices, values):
+                results[i] = value
         return results
 
-    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
-        """ELBO of each continuation given its context, with the settings of the request's task."""
-        encoded, task_names = [], []
-        for request in requests:
-            context, continuation = request.args
-            encoded.append(((context, continuation), *self._encode_request(context, continuation)))
-            task_names.append(getattr(request, "task_name", None))
-        return self._loglikelihood_tokens(encoded, disable_tqdm=disable_tqdm, task_names=task_names)
+    def apply_chat_template(self, chat_history, add_generation_prompt: bool = True) -> str:
+        self._chat_templated = True
+        return super().apply_chat_template(chat_history, add_generation_prompt=add_generation_prompt)
+
+    def _warn_delimiter(self, requests) -> None:
+        """lm-eval's default target_delimiter puts a space before each choice; after a chat template's assistant
+        header the model never saw one, and the ELBO then scores the space more than the answer."""
+        if self._chat_templated and not self._warned and any(r.args[1][:1] == " " for r in requests):
+            self._warned = True
+            logger.warning(
+                "llada_hf: with --apply_chat_template, continuations start with a space (lm-eval's default "
+                "target_delimiter ' '), which a chat model never saw after the assistant header: multiple-choice "
+                'scores can drop to chance. Set `target_delimiter: ""` in the task (see docs/EVAL.md).'
+            )
+
+    def _fit_pair(self, context: list[int], continuation: list[int]) -> tuple[list[int], list[int]]:
+        if not continuation:
+            raise ValueError("A continuation encodes to no tokens: there is nothing to score.")
+        if len(continuation) >= self.max_length:
+            raise ValueError(f"Continuation of {len(continuation)} tokens does not fit max_length={self.max_length}.")
+        overflow = len(context) + len(continuation) - self.max_length
+        if overflow > 0:
+            logger.warning("llada_hf: context cut by %d tokens from the left to fit max_length.", overflow)
+            context = context[overflow:]
+        return list(context), list(continuation)
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs=None):
+        """(ELBO, is_greedy) for ((context, continuation), context ids, continuation ids) requests."""
+        settings = self.likelihood_settings(self._task)
+        pairs = [self._fit_pair(ctx, cont) for _, ctx, cont in requests]
+        rows = self._rows_per_forward()
+        chunk = max(16, rows // settings["mc_num"])  # pairs per progress update (draws stay in request order)
+        values: list[float] = []
+        with tqdm(total=len(pairs), desc="llada_hf loglikelihood", disable=disable_tqdm or self.rank != 0) as bar:
+            for start in range(0, len(pairs), chunk):
+                values += batch_log_likelihood(
+                    self.model, pairs[start : start + chunk], mc_num=settings["mc_num"],
+                    batch_size=settings["mc_batch_size"], cfg_scale=settings["cfg"], mask_token_id=self.mask_id,
+                    method=self.method, seed=self.seed, rows_per_forward=rows,
+                )  # fmt: skip
+                bar.update(len(pairs[start : start + chunk]))
+        results = []
+        for request, (ctx, cont), value in zip(requests, pairs, values):
+            greedy = self._is_greedy(ctx, cont, settings["cfg"]) if self.is_check_greedy else False
+            results.append((value, greedy))
+            if request[0] is not None:
+                self.cache_hook.add_partial("loglikelihood", request[0], (value, greedy))
+        return results
 
     @torch.no_grad()
-    def _is_greedy(self, context: list[int], continuation: list[int], settings: dict[str, Any]) -> bool:
+    def _is_greedy(self, context: list[int], continuation: list[int], cfg: float) -> bool:
         """Whether greedy decoding of len(continuation) tokens, one per step (most confident first), reproduces it."""
         length = len(continuation)
         output = self.model.generate(
-            torch.tensor([context], device=self._device), max_new_tokens=length, steps=length, block_length=length,
-            temperature=0.0, cfg_scale=float(settings["cfg"]), remasking="low_confidence", mask_token_id=self.mask_id,
+            torch.tensor([context], device=self.device), max_new_tokens=length, steps=length, block_length=length,
+            temperature=0.0, cfg_scale=cfg, remasking="low_confidence", mask_token_id=self.mask_id,
         )  # fmt: skip
-        return output[0, len(context) :].tolist() == list(continuation)
+        return output[0, len(context) :].tolist() == continuation
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
-        """ELBO of whole documents, summed over lm-eval's disjoint rolling windows (see the module docstring)."""
-        items, owners = [], []
-        for doc_index, request in enumerate(requests):
-            (text,) = request.args
-            tokens = self.tok_encode(text, add_special_tokens=False)
+        """ELBO of whole documents, summed over disjoint rolling windows of max_length tokens (each window scored
+        given the tokens before it that still fit: one for a full window, the prefix token for the first)."""
+        totals = []
+        for request in tqdm(requests, desc="llada_hf loglikelihood_rolling", disable=disable_tqdm or self.rank != 0):
+            tokens = self.tok_encode(request.args[0], add_special_tokens=False)
             windows = get_rolling_token_windows(tokens, self.prefix_token_id, self.max_length - 1, 1)
-            for context, continuation in map(make_disjoint_window, windows):
-                items.append((getattr(request, "task_name", None), context, continuation))
-                owners.append(doc_index)
-        values = self._score_by_task(items)
-        totals = [0.0] * len(requests)
-        for owner, value in zip(owners, values):
-            totals[owner] += value
-        for request, total in zip(requests, totals):
-            self.cache_hook.add_partial("loglikelihood_rolling", request.args, total)
+            self._task = request.task_name
+            try:
+                scored = self._loglikelihood_tokens([(None, *make_disjoint_window(w)) for w in windows], True)
+            finally:
+                self._task = None
+            totals.append(sum(value for value, _ in scored))
+            self.cache_hook.add_partial("loglikelihood_rolling", request.args, totals[-1])
         return totals
 
     # ----------------------------------------------------------------------------------------------------------------
     # Generation
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        """Greedy (temperature 0 unless set) diffusion generation; the text is cut at the first stop sequence, then
-        special tokens are dropped (as the official harness does)."""
-        outputs: list[str | None] = [None] * len(requests)
-        groups: dict[tuple, list[int]] = defaultdict(list)
-        for index, request in enumerate(requests):
-            settings = self._generation_settings(request)
-            groups[tuple(sorted(settings.items()))].append(index)
-        progress = tqdm(total=len(requests), desc="llada_hf generate", disable=disable_tqdm)
-        for key, indices in groups.items():
-            settings = dict(key)
-            for start in range(0, len(indices), self.gen_batch_size):
-                batch = indices[start : start + self.gen_batch_size]
-                texts = self._generate_batch([requests[i].args[0] for i in batch], settings)
-                for i, text in zip(batch, texts):
-                    stops = requests[i].args[1].get("until") or []
-                    outputs[i] = self._postprocess(text, [stops] if isinstance(stops, str) else list(stops))
-                    self.cache_hook.add_partial("generate_until", requests[i].args, outputs[i])
-                progress.update(len(batch))
-        progress.close()
-        return outputs  # type: ignore[return-value]
+        """HFLM's loop (sorting, batching by --batch_size, decoding, cutting at stop sequences) on requests whose
+        gen_kwargs carry the resolved diffusion settings."""
+        resolved = []
+        for request in requests:
+            context, gen_kwargs = request.args
+            settings = self.generation_settings(request.task_name, gen_kwargs)
+            rest = {
+                k: v for k, v in gen_kwargs.items() if k not in TASK_LENGTH_KEYS and ALIASES.get(k, k) not in GEN_KEYS
+            }
+            rest.pop("do_sample", None)
+            length = settings.pop("max_new_tokens")
+            resolved.append(_Request((context, {**rest, **settings, "max_gen_toks": length,
+                                                "do_sample": settings["temperature"] > 0})))  # fmt: skip
+        hook, self.cache_hook = self.cache_hook, CacheHook(None)  # results are cached under the original requests
+        try:
+            outputs = super().generate_until(resolved, disable_tqdm=disable_tqdm)
+        finally:
+            self.cache_hook = hook
+        for request, output in zip(requests, outputs):
+            hook.add_partial("generate_until", request.args, output)
+        return outputs
 
-    def _generation_settings(self, request) -> dict[str, Any]:
-        """Task settings, overridden by diffusion keys in the request's gen_kwargs (`--gen_kwargs steps=...`); the
-        task's own temperature counts only with do_sample and when `temperature` is not a model argument."""
-        settings = self.settings(getattr(request, "task_name", None))
-        gen_kwargs = dict(request.args[1]) if len(request.args) > 1 and request.args[1] else {}
-        if "cfg_scale" in gen_kwargs:
-            gen_kwargs.setdefault("cfg", gen_kwargs.pop("cfg_scale"))
-        for key in GEN_KWARGS:
-            if key in gen_kwargs and key != "temperature":
-                settings[key] = gen_kwargs[key]
-        if "temperature" not in self.explicit and gen_kwargs.get("do_sample") and gen_kwargs.get("temperature"):
-            settings["temperature"] = float(gen_kwargs["temperature"])
-        return {key: settings[key] for key in GEN_KWARGS}
-
-    @torch.no_grad()
-    def _generate_batch(self, contexts: list[str], settings: dict[str, Any]) -> list[str]:
-        gen_length = int(settings["gen_length"])
-        encoded = [self.tok_encode(context) for context in contexts]
-        room = self.max_length - gen_length
-        encoded = [ids[-room:] if room > 0 and len(ids) > room else ids for ids in encoded]
-        width = max(len(ids) for ids in encoded)
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eot_token_id
-        input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
-        for row, ids in enumerate(encoded):
-            if ids:
-                input_ids[row, width - len(ids) :] = torch.tensor(ids)
-                attention_mask[row, width - len(ids) :] = 1
-        sampling = {"temperature": float(settings["temperature"])} if settings["temperature"] else {}
-        output = self.model.generate(
-            input_ids.to(self._device),
-            attention_mask=attention_mask.to(self._device) if len(encoded) > 1 else None,
-            max_new_tokens=gen_length, steps=int(settings["steps"]), block_length=int(settings["block_length"]),
-            cfg_scale=float(settings["cfg"]),
-            remasking=settings["remasking"], mask_token_id=self.mask_id,
-            suppress_eos_logits=bool(settings["logits_eos_inf"]),
-            suppress_eos_confidence="official" if settings["confidence_eos_eot_inf"] else None, **sampling,
+    def _model_generate(self, context, max_length, stop, **generation_kwargs):
+        """model.generate() on the left-padded batch; stop sequences end a row's forwards early."""
+        generation_kwargs.pop("do_sample", None)
+        if not generation_kwargs.get("temperature"):
+            generation_kwargs.pop("temperature", None)
+        attention_mask = generation_kwargs.pop("attention_mask", None)
+        if attention_mask is not None and bool(attention_mask.all()):
+            attention_mask = None
+        stops = [s for s in stop or [] if s]
+        return self.model.generate(
+            context, attention_mask=attention_mask, max_new_tokens=max_length - context.shape[1],
+            mask_token_id=self.mask_id, stop_strings=stops or None, tokenizer=self.tokenizer if stops else None,
+            **generation_kwargs,
         )  # fmt: skip
-        return [self.tokenizer.decode(row[width:].tolist(), skip_special_tokens=False) for row in output]
-
-    def _postprocess(self, text: str, stops: list[str]) -> str:
-        """Cut at the earliest stop sequence, then drop special tokens by re-encoding (the official order)."""
-        cut = min((text.index(stop) for stop in stops if stop and stop in text), default=len(text))
-        ids = self.tokenizer(text[:cut], add_special_tokens=False)["input_ids"]
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
 
 
 def register() -> None:

@@ -227,11 +227,14 @@ def _mc_docs_with_direct_scores(model, tokenizer):
 
 def test_lm_eval_multiple_choice_task(eval_dir, tmp_path):
     lm_eval = pytest.importorskip("lm_eval")
+    from lm_eval.api.registry import get_model
+    from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
     from transformers import AutoModel, AutoTokenizer
 
-    import llada_hf.lm_eval_backend  # noqa: F401  (registers "llada_hf")
+    import llada_hf.lm_eval_backend as backend  # registers "llada_hf"
 
+    assert get_model("llada_hf") is backend.LLaDAEvalHarness and issubclass(backend.LLaDAEvalHarness, HFLM)
     model = AutoModel.from_pretrained(eval_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(eval_dir)
     docs, scores = _mc_docs_with_direct_scores(model, tokenizer)
@@ -242,6 +245,7 @@ def test_lm_eval_multiple_choice_task(eval_dir, tmp_path):
         tasks=["tiny_mc"],
         task_manager=TaskManager(include_path=str(tmp_path), include_defaults=False),
         log_samples=True,
+        batch_size=3,  # rows per forward: the exact method's values do not depend on it
     )
     assert results["results"]["tiny_mc"]["acc,none"] == pytest.approx(2 / 3)
     samples = sorted(results["samples"]["tiny_mc"], key=lambda s: s["doc_id"])
@@ -261,7 +265,7 @@ def _instances(request_type, arguments, task_name="custom_task"):
     ]
 
 
-def test_lm_eval_backend_methods(eval_dir):
+def test_lm_eval_backend_methods(eval_dir, caplog):
     """loglikelihood (official draws), generate_until (stop sequences) and loglikelihood_rolling, called directly."""
     pytest.importorskip("lm_eval")
     from lm_eval.api.registry import get_model
@@ -271,8 +275,8 @@ def test_lm_eval_backend_methods(eval_dir):
     lm_class = get_model("llada_hf")
     assert lm_class is backend.LLaDAEvalHarness
     lm = lm_class.create_from_arg_string(
-        f"pretrained={eval_dir},dtype=float32,device=cpu,mc_num=8,gen_length=8,steps=4,block_length=4",
-        {"batch_size": 4},
+        f"pretrained={eval_dir},dtype=float32,device=cpu,mc_num=8,mc_batch_size=4,gen_length=8,steps=4,block_length=4",
+        {"batch_size": 3},  # rows per forward: packing does not change the draws
     )
     tok = lm.tokenizer
 
@@ -305,7 +309,7 @@ def test_lm_eval_backend_methods(eval_dir):
     assert text == tok.decode(out[0, len(prompt) :], skip_special_tokens=True)
 
     # loglikelihood_rolling: 5 tokens, max_length 4 -> [BOS] + t0..t2, then t1 t2 + t3 t4 (lm-eval's disjoint windows).
-    lm.max_length = 4
+    lm._max_length = 4
     text = "The sky is blue."
     tokens = tok(text, add_special_tokens=False)["input_ids"]
     assert len(tokens) == 5
@@ -315,37 +319,113 @@ def test_lm_eval_backend_methods(eval_dir):
     windows = [([tok.bos_token_id], tokens[:3]), (tokens[1:3], tokens[3:])]
     assert rolling == pytest.approx(sum(batch_log_likelihood(lm.model, windows, mc_num=8, batch_size=4)), rel=1e-6)
 
+    # After a chat template, lm-eval's default target_delimiter (a space before each choice) is warned about, once.
+    lm._max_length = 64
+    lm.loglikelihood(_instances("loglikelihood", [("The sky is", " blue")]))
+    assert "target_delimiter" not in caplog.text
+    lm._chat_templated = True
+    lm.loglikelihood(_instances("loglikelihood", [("The sky is", "blue")]))
+    assert "target_delimiter" not in caplog.text
+    lm.loglikelihood(_instances("loglikelihood", [("The sky is", " blue"), ("The sun is", " blue")]))
+    assert caplog.text.count("with --apply_chat_template") == 1
 
-def test_lm_eval_backend_presets_and_errors(eval_dir):
+
+def test_lm_eval_backend_settings_and_errors(eval_dir):
     pytest.importorskip("lm_eval")
-    from llada_hf.lm_eval_backend import DEFAULTS, LLaDAEvalHarness, preset_for_task
+    from llada_hf.lm_eval_backend import LLaDAEvalHarness, preset_for_task
 
     assert preset_for_task("base", "mmlu_abstract_algebra")["mc_num"] == 1
     assert preset_for_task("base", "cmmlu_agronomy")["mc_num"] == 1  # cmmlu's own entry, not mmlu's
     assert preset_for_task("base", "arc_challenge")["cfg"] == 0.5
     assert preset_for_task("base", "arc_easy") == {}
-    assert preset_for_task("instruct", "mmlu_pro_math")["gen_length"] == 256  # longest key wins over "mmlu"
+    assert preset_for_task("instruct", "mmlu_pro_math")["max_new_tokens"] == 256  # longest key wins over "mmlu"
     # --model_args win over lm-eval's own --batch_size / --device (the CLI always passes both).
     lm = LLaDAEvalHarness.create_from_arg_string(
         f"pretrained={eval_dir},dtype=float32,device=cpu,preset=base,cfg=1.0,batch_size=2",
         {"batch_size": 1, "device": "cuda:0", "max_batch_size": None},
     )
-    assert lm.settings("other")["batch_size"] == 2 and lm.model.device.type == "cpu"
-    # lm-eval's --batch_size ranks below a preset's per-task value (MMLU: mc_num 1, batch_size 1).
-    lm = LLaDAEvalHarness.create_from_arg_string(
-        f"pretrained={eval_dir},dtype=float32,device=cpu,preset=base", {"batch_size": "4"}
-    )
-    assert lm.settings("mmlu_anatomy")["batch_size"] == 1 and lm.settings("arc_challenge")["batch_size"] == 8
-    assert lm.settings("other")["batch_size"] == 4
-    lm = LLaDAEvalHarness(pretrained=str(eval_dir), dtype="float32", device="cpu", preset="base", cfg=1.0)
-    assert lm.settings("truthfulqa_mc2")["cfg"] == 1.0  # explicit beats preset
-    assert (
-        lm.settings("truthfulqa_mc2")["mc_num"] == 128 and lm.settings("other")["batch_size"] == DEFAULTS["batch_size"]
-    )
+    assert lm.batch_size == 2 and lm.model.device.type == "cpu"
+    # The estimator: official defaults < the task's preset entry < --model_args; --batch_size is not part of it.
+    assert lm.likelihood_settings("mmlu_anatomy") == {"mc_num": 1, "mc_batch_size": 1, "cfg": 1.0}
+    assert lm.likelihood_settings("arc_challenge") == {"mc_num": 128, "mc_batch_size": 8, "cfg": 1.0}
+    assert lm.likelihood_settings("other") == {"mc_num": 128, "mc_batch_size": 32, "cfg": 1.0}
+    # max_batch_size caps the rows per forward instead of being ignored.
+    lm = LLaDAEvalHarness(pretrained=str(eval_dir), dtype="float32", batch_size=8, max_batch_size=2, mc_num=8)
+    assert lm.batch_size == 2 and lm._rows_per_forward() == 2
+    assert lm.likelihood_settings(None)["mc_batch_size"] == 8  # unset: gcd(mc_num, 32)
     with pytest.raises(ValueError, match="divisible"):
-        LLaDAEvalHarness(pretrained=str(eval_dir), dtype="float32", device="cpu", mc_num=10, batch_size=4)
+        LLaDAEvalHarness(pretrained=str(eval_dir), dtype="float32", device="cpu", mc_num=10, mc_batch_size=4)
     with pytest.raises(ValueError, match="preset"):
         LLaDAEvalHarness(pretrained=str(eval_dir), dtype="float32", device="cpu", preset="nope")
+    with pytest.raises(ValueError, match="rows_per_forward` is now `batch_size"):
+        LLaDAEvalHarness(pretrained=str(eval_dir), dtype="float32", device="cpu", rows_per_forward=4)
+
+
+def test_lm_eval_generation_length_order(eval_dir, tmp_path):
+    """gen_kwargs > --model_args > the task's max_gen_toks > the checkpoint's generation_config.json > the preset."""
+    pytest.importorskip("lm_eval")
+    import shutil
+
+    from llada_hf import LLaDAGenerationConfig
+    from llada_hf.lm_eval_backend import LLaDAEvalHarness
+
+    def lengths(lm, task, gen_kwargs):
+        settings = lm.generation_settings(task, gen_kwargs)
+        return settings["max_new_tokens"], settings.get("steps"), settings.get("block_length")
+
+    lm = LLaDAEvalHarness(pretrained=str(eval_dir), dtype="float32", device="cpu", preset="instruct_semi_ar")
+    assert lengths(lm, "gsm8k", {}) == (256, 256, 8)  # the preset
+    assert lengths(lm, "gsm8k", {"max_gen_toks": 16}) == (16, 16, 8)  # the task's length; one token per step kept
+    assert lengths(lm, "other", {}) == (256, None, None)  # nothing set: HFLM's max_gen_toks, not a 1024 canvas
+    base = LLaDAEvalHarness(pretrained=str(eval_dir), dtype="float32", device="cpu", preset="base")
+    assert lengths(base, "gsm8k", {"max_gen_toks": 16}) == (16, 16, None)  # the preset's 1024 block cannot fit
+    # A checkpoint whose generation_config.json was written on purpose ranks above the preset, below the task.
+    path = tmp_path / "with_generation_config"
+    shutil.copytree(eval_dir, path)
+    LLaDAGenerationConfig(max_new_tokens=64, steps=32, block_length=32, mask_token_id=MASK_ID).save_pretrained(path)
+    lm = LLaDAEvalHarness(pretrained=str(path), dtype="float32", device="cpu", preset="instruct_semi_ar")
+    assert lengths(lm, "gsm8k", {}) == (64, 32, 32)
+    assert lengths(lm, "gsm8k", {"max_gen_toks": 16}) == (16, 8, None)  # same tokens per step; block 32 > 16
+    lm = LLaDAEvalHarness(pretrained=str(path), dtype="float32", device="cpu", gen_length=12, steps=6)
+    assert lengths(lm, "gsm8k", {"max_gen_toks": 16}) == (12, 6, None)  # --model_args beat the task
+    assert lengths(lm, "gsm8k", {"max_gen_toks": 16, "gen_length": 4, "steps": 2}) == (4, 2, None)  # --gen_kwargs
+
+
+def test_lm_eval_generate_until_task_sets_canvas(eval_dir, tmp_path):
+    """A generate_until task's max_gen_toks is the canvas length, even where the preset says 1024."""
+    lm_eval = pytest.importorskip("lm_eval")
+    from lm_eval.tasks import TaskManager
+
+    from llada_hf.lm_eval_backend import LLaDAEvalHarness
+
+    data = tmp_path / "gen.jsonl"
+    data.write_text(
+        "".join(json.dumps({"question": q, "answer": "blue"}) + "\n" for q in ("The sky is", "The sun is"))
+    )
+    (tmp_path / "gsm8k_tiny.yaml").write_text(
+        "task: gsm8k_tiny\n"
+        "dataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {data}\n  cache_dir: {tmp_path / 'hf_cache'}\n"
+        "test_split: test\n"
+        "output_type: generate_until\n"
+        'doc_to_text: "{{question}}"\n'
+        'doc_to_target: "{{answer}}"\n'
+        'generation_kwargs:\n  until: ["zzz"]\n  max_gen_toks: 16\n  do_sample: false\n'
+        "metric_list:\n  - metric: exact_match\n    aggregation: mean\n    higher_is_better: true\n"
+    )
+    lm = LLaDAEvalHarness(pretrained=str(eval_dir), dtype="float32", device="cpu", preset="base", batch_size=2)
+    calls, generate = [], lm.model.generate
+
+    def spy(input_ids, **kwargs):
+        calls.append((input_ids.shape[0], kwargs["max_new_tokens"], kwargs.get("steps"), kwargs.get("stop_strings")))
+        return generate(input_ids, **kwargs)
+
+    lm.model.generate = spy
+    results = lm_eval.simple_evaluate(
+        model=lm, tasks=["gsm8k_tiny"], task_manager=TaskManager(include_path=str(tmp_path), include_defaults=False)
+    )
+    assert calls and calls[0][:3] == (2, 16, 16) and "zzz" in calls[0][3]  # one batch of 2, a 16-token canvas
+    assert "exact_match,none" in results["results"]["gsm8k_tiny"]
 
 
 @pytest.mark.slow
