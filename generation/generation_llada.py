@@ -699,17 +699,24 @@ class DiffusionSampler:
 
 class DiffusionGenerationMixin:
     """Adds the masked-diffusion `generate()` (the name must end in `GenerationMixin`: transformers keys
-    `can_generate()`, the generation config and pipeline support on it)."""
+    `can_generate()`, the generation config and pipeline support on it).
+
+    Strategy hooks for model families (e.g. LLaDA2 in `generation_llada2.py`): `diffusion_config_class`,
+    `diffusion_sampler_class`, the `_check_diffusion_inputs` / `_plan_block` / `_block_open` / `_stop_rows` helpers
+    and `_diffusion_sequences` (the returned sequences)."""
+
+    diffusion_config_class = LLaDAGenerationConfig
+    diffusion_sampler_class = DiffusionSampler
 
     def adjust_generation_fn(self, generation_config, from_auto_class, from_pipeline, pretrained_model_name_or_path,
                              cache_dir, force_download, proxies, local_files_only, token, revision, subfolder,
                              trust_remote_code, **kwargs):  # fmt: skip
         """Load `generation_config.json` as `LLaDAGenerationConfig` (the base version loads a plain one)."""
         if generation_config is not None:
-            self.generation_config = LLaDAGenerationConfig.from_dict(generation_config.to_dict())
+            self.generation_config = self.diffusion_config_class.from_dict(generation_config.to_dict())
         elif pretrained_model_name_or_path is not None:
             try:
-                self.generation_config = LLaDAGenerationConfig.from_pretrained(
+                self.generation_config = self.diffusion_config_class.from_pretrained(
                     pretrained_model_name_or_path,
                     cache_dir=cache_dir,
                     force_download=force_download,
@@ -743,8 +750,8 @@ class DiffusionGenerationMixin:
             raise TypeError(f"generation_config must be a GenerationConfig, got {type(generation_config).__name__}.")
         base = generation_config if generation_config is not None else self.generation_config
         config = copy.deepcopy(base)
-        if not isinstance(config, LLaDAGenerationConfig):
-            config = LLaDAGenerationConfig.from_dict(config.to_dict())
+        if not isinstance(config, self.diffusion_config_class):
+            config = self.diffusion_config_class.from_dict(config.to_dict())
         if kwargs.get("temperature") and "do_sample" not in kwargs:
             kwargs["do_sample"] = True
         if kwargs.get("infill") and "max_new_tokens" not in kwargs and "max_length" not in kwargs:
@@ -848,8 +855,8 @@ class DiffusionGenerationMixin:
             cache=DiffusionKVCache() if config.cache != "none" else None,
             checked=[0] * batch,
         )
-        sampler = DiffusionSampler(self, config, logits_processor, state.cache)
-        step_fn = self._compiled_step(config.compile) if config.compile else DiffusionSampler.step
+        sampler = self.diffusion_sampler_class(self, config, logits_processor, state.cache)
+        step_fn = self._compiled_step(config.compile) if config.compile else type(sampler).step
         self.model.rotary_emb.ensure_length(length)  # steps pass explicit positions: the tables cover the canvas
         max_pos = getattr(self.config, "max_position_embeddings", None)
         if max_pos and length > max_pos:
@@ -901,18 +908,23 @@ class DiffusionGenerationMixin:
         # 4. Return
         if stream is not None:
             stream.finish(state.x)
+        sequences = self._diffusion_sequences(state, config)
         if config.return_dict_in_generate:
             return DiffusionGenerateOutput(
-                sequences=state.x,
+                sequences=sequences,
                 nfe=state.nfe,
                 history=tuple(state.history) if state.history else None,
                 scores=tuple(state.scores) if config.output_scores else None,
                 logits=tuple(state.logits) if config.output_logits else None,
                 score_columns=tuple(state.score_columns) if state.score_columns else None,
             )
-        return state.x
+        return sequences
 
     # -- generate()'s helpers, in the order it calls them ------------------------------------------------------------
+
+    def _diffusion_sequences(self, state, config) -> torch.LongTensor:
+        """What generate() returns: the whole canvas (prompt + answer)."""
+        return state.x
 
     def _left_pad(self, input_ids, attention_mask):
         """(ids, mask), with right-padded rows moved to the left-padded layout (warned)."""

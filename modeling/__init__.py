@@ -10,6 +10,8 @@ import sys
 # The model file imports the generation mixin as a flat sibling (`from .generation_llada import ...`), the layout of
 # an exported checkpoint. Inside the installed package that sibling lives in `llada_hf.generation`: alias it here.
 sys.modules.setdefault(__name__ + ".generation_llada", importlib.import_module("llada_hf.generation.generation_llada"))
+_GENERATION_LLADA2 = importlib.import_module("llada_hf.generation.generation_llada2")
+sys.modules.setdefault(__name__ + ".generation_llada2", _GENERATION_LLADA2)
 
 from .configuration_llada import LLaDAConfig  # noqa: E402
 from .configuration_llada2 import LLaDA2MoeConfig  # noqa: E402

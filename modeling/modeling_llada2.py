@@ -36,7 +36,7 @@ from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_llada2 import LLaDA2MoeConfig
-from .generation_llada import DiffusionGenerationMixin, LLaDAGenerationConfig
+from .generation_llada2 import LLaDA2GenerationConfig, LLaDA2GenerationMixin
 from .modeling_llada import masked_diffusion_loss
 
 # Official key -> native key, one anchored rule per tensor kind (one capture group each, as the loader expects).
@@ -426,12 +426,11 @@ class LLaDA2MoeModel(LLaDA2PreTrainedModel):
         return BaseModelOutput(last_hidden_state=self.norm(hidden_states))
 
 
-class LLaDA2MoeModelLM(LLaDA2PreTrainedModel, DiffusionGenerationMixin):
+class LLaDA2MoeModelLM(LLaDA2PreTrainedModel, LLaDA2GenerationMixin):
     """LLaDA2.0 with its (untied) LM head: logits for every position.
 
-    `generate()` is, for now, the package's masked-diffusion sampler (the LLaDA-8B / ML-GSAI semantics, bidirectional
-    attention); the official LLaDA2 sampler (block-causal blocks, threshold schedule) is not implemented yet. Pass the
-    block-causal 4-D `attention_mask` to `forward` to compute what the official sampler computes.
+    `generate()` is the LLaDA2.0 sampler (`generation_llada2.py`: block-causal blocks, per-block count schedule with
+    `threshold` / `minimal_topk`); `official=True` reproduces the hub `generate()` token for token, quirks included.
 
     With `labels` (ids at masked positions, -100 elsewhere) and `p_mask` the loss is the masked-diffusion ELBO term
     sum(CE / p_mask) / labels.numel(); without `p_mask`, the mean CE over labelled positions. No router auxiliary loss.
@@ -440,7 +439,7 @@ class LLaDA2MoeModelLM(LLaDA2PreTrainedModel, DiffusionGenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
     _tp_plan = {"lm_head": "colwise_gather_output"}
     _pp_plan = {"lm_head": (["hidden_states"], ["logits"])}
-    generation_config_class = LLaDAGenerationConfig
+    generation_config_class = LLaDA2GenerationConfig
     accepts_loss_kwargs = False  # the loss normalises itself; the Trainer must still divide by grad accumulation
 
     def __init__(self, config: LLaDA2MoeConfig) -> None:

@@ -1,0 +1,308 @@
+"""The LLaDA2.0 sampler as a strategy of the diffusion engine: `LLaDA2GenerationConfig`, `LLaDA2Sampler` and
+`LLaDA2GenerationMixin` (the engine's `generate()` loop, with the LLaDA2 block plan, schedule, attention and stops).
+
+The official sampler (the `generate()` of the hub `modeling_llada2_moe.py`) differs from the LLaDA-8B one:
+
+* Blocks are aligned to absolute positions (block b covers columns [b * block_length, (b + 1) * block_length) of the
+  canvas, whose length is rounded up to a whole number of blocks); the first block holds the prompt's tail.
+* Attention is block-causal (a block sees itself and every earlier block) and each step runs the prefix up to the
+  current block's end only; logits are taken for the block's columns.
+* `steps` is the number of steps **per block**, capped at `max_new_tokens // minimal_topk`; step s commits
+  n_s = block_length // steps (+1 for the first block_length % steps steps) tokens, or, when more than n_s masked
+  columns have confidence > `threshold`, all of those; a block ends after `steps` steps or when it has no mask.
+* The proposal is a multinomial draw from softmax(logits / temperature) after `top_k` then `top_p`; the confidence is
+  the drawn token's probability under that same distribution.
+* After each block, generation stops if the answer holds an EOS; the answer is cut after its first EOS.
+
+Two modes (the generation-config field `official`):
+
+* `official=False` (default) does what users mean: greedy (argmax) at temperature 0 / `do_sample=False`, the
+  engine's processors and warpers (`top_k`, `top_p`, `min_p`, ...) at temperature > 0, any batch size with left
+  padding (padding is masked out and positions start at each row's first real token), and `sequences` in the
+  transformers shape: prompt + `max_new_tokens` columns, the columns after a row's first EOS filled with
+  `pad_token_id` (EOS if unset). `early_stop=True` stops a row as soon as its answer is final up to an EOS.
+* `official=True` reproduces the hub `generate()` token for token (batch 1; seeded CPU runs draw the same random
+  numbers), quirks included: **temperature 0 still samples** (`torch.multinomial` from softmax(logits): there is no
+  greedy branch), and the return value is the official one: the new tokens only, cut after the first EOS, except that
+  with `early_stop=True` (the official `eos_early_stop`) an EOS committed mid-block whose answer has no mask before it
+  returns `canvas[:, :eos + 1]`, **the prompt included** (the EOS is searched from column 0, prompt included).
+
+Official keyword names map to: `gen_length` -> `max_new_tokens`, `eos_id` -> `eos_token_id`, `mask_id` ->
+`mask_token_id`, `eos_early_stop` -> `early_stop`; `steps`, `block_length`, `threshold`, `minimal_topk`,
+`temperature`, `top_k`, `top_p` keep their names (and official defaults: 32, 32, 0.95, 1).
+"""
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from transformers.generation.logits_process import LogitsProcessorList
+
+from .generation_llada import (
+    BlockView,
+    DiffusionGenerationMixin,
+    DiffusionSampler,
+    LLaDAGenerationConfig,
+    _as_list,
+    _check_int,
+    select_topk,
+)
+
+
+class LLaDA2GenerationConfig(LLaDAGenerationConfig):
+    """`LLaDAGenerationConfig` with the LLaDA2.0 sampler's fields and defaults.
+
+    Args:
+        official: reproduce the official hub sampler bit for bit, quirks included (see the module docstring).
+        minimal_topk: caps the steps per block at `max_new_tokens // minimal_topk` (official meaning).
+        steps: steps **per block** (official meaning; default 32). block_length: default 32. threshold: commit every
+            masked column whose confidence is > threshold when they are at least the step's count (default 0.95;
+            `None` = the count schedule alone).
+    """
+
+    _diffusion_defaults = {
+        **LLaDAGenerationConfig._diffusion_defaults,
+        "steps": 32,
+        "block_length": 32,
+        "threshold": 0.95,
+        "minimal_topk": 1,
+        "official": False,
+    }
+
+    def validate(self, strict: bool = False, user_set_attributes: set[str] | None = None):
+        super().validate(strict=strict, user_set_attributes=user_set_attributes)
+        validate_llada2(self)
+
+
+#: Engine options the LLaDA2 sampler does not have, with the reason (checked for every config a LLaDA2 model gets).
+LLADA2_UNSUPPORTED = {
+    "factor": (None, "the LLaDA2 sampler selects by its count schedule and threshold"),
+    "remask_budget": (0, "self-correction is not part of the LLaDA2 sampler"),
+    "cfg_scale": (0.0, "classifier-free guidance is not part of the LLaDA2 sampler"),
+    "infill": (False, "infilling is not part of the LLaDA2 sampler"),
+    "cache": ("none", "the approximate Fast-dLLM caches do not apply to block-causal attention"),
+    "remasking": ("low_confidence", "the LLaDA2 confidence is the drawn token's probability"),
+}
+
+
+def validate_llada2(config) -> None:
+    """The LLaDA2 fields, and a named error for every engine option this sampler does not honour."""
+    for name, (default, reason) in LLADA2_UNSUPPORTED.items():
+        if getattr(config, name, default) != default:
+            raise ValueError(f"LLaDA2 generate() does not support {name}={getattr(config, name)!r}: {reason}.")
+    _check_int("minimal_topk", getattr(config, "minimal_topk", 1), low=1)
+    if not isinstance(getattr(config, "official", False), bool):
+        raise ValueError(f"official must be True or False, got {config.official!r}.")
+    if config.steps is None or config.block_length is None:
+        raise ValueError("LLaDA2 generate() needs steps (per block) and block_length.")
+
+
+def official_top_k(logits: torch.Tensor, k) -> torch.Tensor:
+    """The hub `_top_k_logits`: logits below the k-th largest become -inf (None or k <= 0: unchanged)."""
+    if k is None or k <= 0:
+        return logits
+    values, _ = torch.topk(logits, k)
+    return torch.where(logits < values[..., -1, None], torch.full_like(logits, float("-inf")), logits)
+
+
+def official_top_p(logits: torch.Tensor, p) -> torch.Tensor:
+    """The hub `_top_p_logits`: keep the smallest prefix of the sorted tokens whose mass exceeds p."""
+    if p is None or p >= 1.0:
+        return logits
+    sorted_logits, sorted_indices = torch.sort(logits, descending=True)
+    remove = torch.cumsum(F.softmax(sorted_logits, dim=-1), dim=-1) > p
+    remove[..., 1:] = remove[..., :-1].clone()
+    remove[..., 0] = False
+    remove = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, sorted_indices, remove)
+    return logits.masked_fill(remove, float("-inf"))
+
+
+def block_causal_mask(length: int, block_length: int, device=None) -> torch.Tensor:
+    """(length, length) boolean: query i sees key j iff block(j) <= block(i) (blocks aligned at column 0)."""
+    blocks = torch.arange(length, device=device) // block_length
+    return blocks[None, :] <= blocks[:, None]
+
+
+class LLaDA2Sampler(DiffusionSampler):
+    """The engine's sampler with the LLaDA2 forward (block-causal prefix), proposal (multinomial from the tempered,
+    filtered softmax; argmax at temperature 0 unless official) and selection (count schedule with threshold)."""
+
+    def __init__(self, model, config, logits_processor=None, cache=None) -> None:
+        super().__init__(model, config, logits_processor, cache)
+        self.official = bool(getattr(config, "official", False))
+        self.threshold = config.threshold
+        # The engine's Gumbel proposal is replaced by the multinomial one: the base class sees temperature 0 (its
+        # `propose()` then returns the processed logits; no Gumbel noise is drawn) and no warpers.
+        self.sample_temperature = self.temperature
+        if self.official and config.temperature is not None:
+            self.sample_temperature = float(config.temperature)  # official: `temperature` alone, do_sample unused
+        self.sample_warpers = self.warpers
+        self.temperature, self.warpers = 0.0, LogitsProcessorList()
+        self.generator = None
+
+    def draw_noise(self, rows, length, view, device, generator=None):
+        """No noise is drawn ahead: the multinomial draw happens in `propose()` (the official order), with this
+        generator (or the global RNG)."""
+        self.generator = generator
+        return None, None
+
+    def logits(self, inp, view: BlockView) -> torch.Tensor:
+        """One forward over the prefix [0, block_end) with the block-causal mask (and padding); the window's logits."""
+        end = view.query[1]
+        (w_start, w_end), block_length = view.window, self.config.block_length
+        ids = inp.x[:, :end]
+        mask = block_causal_mask(end, block_length, ids.device)[None, None]
+        if inp.attention_mask is not None:
+            keep = inp.attention_mask[:, :end].bool()
+            mask = mask & keep[:, None, None, :] | torch.eye(end, dtype=torch.bool, device=ids.device)
+            position_ids = (inp.attention_mask[:, :end].cumsum(-1) - 1).clamp(min=0)
+        else:
+            position_ids = torch.arange(end, device=ids.device)[None]
+        return self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=position_ids,
+            logits_to_keep=slice(w_start, w_end),
+        ).logits
+
+    def propose(self, logits: torch.Tensor, x: torch.Tensor, view: BlockView, uniform) -> tuple:
+        """(x0, scores) with softmax(scores) the proposal distribution (the confidence rule reads it back)."""
+        _, scores = super().propose(logits, x, view, None)  # EOS bans and processors; no sampling
+        temperature = self.sample_temperature
+        if self.official:
+            if temperature > 0 and temperature != 1.0:
+                scores = scores / temperature
+            scores = official_top_p(official_top_k(scores, self.config.top_k), self.config.top_p)
+        elif temperature == 0:
+            return scores.argmax(-1), scores
+        else:
+            batch, width, vocab = scores.shape
+            flat = scores.reshape(batch * width, vocab) / temperature
+            if self.sample_warpers:
+                flat = self.sample_warpers(x.repeat_interleave(width, dim=0), flat)
+            scores = flat.reshape(batch, width, vocab)
+        probs = F.softmax(scores, dim=-1)
+        tokens = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=self.generator)
+        return tokens.view(probs.shape[:-1]), scores
+
+    def select(self, confidence: torch.Tensor, k, view: BlockView, length: int) -> torch.Tensor:
+        """All masked columns with confidence > threshold if they are at least k, else the k best (at most all)."""
+        candidates = confidence > -torch.inf
+        above = candidates & (confidence > self.threshold) if self.threshold is not None else candidates & False
+        n_above, n_candidates = above.sum(-1), candidates.sum(-1)
+        if confidence.shape[0] == 1:  # the official per-row call: one `topk` with a host int (same pick among ties)
+            n = min(k, int(n_candidates))
+            best = select_topk(confidence, n)
+        else:
+            best = select_topk(confidence, n_candidates.clamp(max=k), min(k, confidence.shape[1]))
+        return torch.where((n_above >= k)[:, None], above, best)
+
+
+class LLaDA2GenerationMixin(DiffusionGenerationMixin):
+    """The engine's `generate()` with the LLaDA2 block plan, per-block schedule, block stop and return value."""
+
+    diffusion_sampler_class = LLaDA2Sampler
+
+    def _check_diffusion_inputs(self, input_ids, attention_mask, config) -> list[tuple[int, int, int]]:
+        """Validate; round the canvas up to whole blocks; return the absolute block plan from the prompt's block."""
+        validate_llada2(config)
+        if config.official and input_ids.shape[0] != 1:
+            raise ValueError("official=True reproduces the official sampler, which takes one prompt (batch 1).")
+        if config.official and attention_mask is not None and not bool(attention_mask.all()):
+            raise ValueError("official=True takes no padding (the official sampler has no attention mask).")
+        generic = copy.copy(config)  # the engine's generic checks (ids, mask token, padding); not its step rules
+        generic.threshold = generic.steps = generic.block_length = None
+        super()._check_diffusion_inputs(input_ids, attention_mask, generic)
+        prompt_len, gen_len, block_length = input_ids.shape[1], config.max_new_tokens, config.block_length
+        if gen_len == 0:
+            raise ValueError("max_new_tokens must be > 0.")
+        num_blocks = -(-(prompt_len + gen_len) // block_length)
+        config._answer_length = gen_len
+        config.max_new_tokens = num_blocks * block_length - prompt_len  # the official canvas: whole blocks
+        steps = min(config.steps, gen_len // config.minimal_topk)
+        if steps < 1:
+            raise ValueError(f"minimal_topk ({config.minimal_topk}) > max_new_tokens ({gen_len}): no step left.")
+        config._llada2_steps = steps
+        config._llada2_return_prompt = None
+        first = prompt_len // block_length
+        return [(b * block_length, (b + 1) * block_length, steps) for b in range(first, num_blocks)]
+
+    def _plan_block(self, state, config, block_start, block_end, steps, length):
+        """Query the prefix up to the block end; window the block; the count schedule comes from block_length."""
+        block_length = block_end - block_start
+        counts = [block_length // steps + (s < block_length % steps) for s in range(steps)]
+        view = BlockView(
+            query=(0, block_end), window=(block_start, block_end), block_end=block_end, prompt_len=state.prompt_len,
+            k_max=max(counts), allow_remask=False,
+        )  # fmt: skip
+        state.llada2_block = (block_start, block_end)
+        return view, counts
+
+    def _block_open(self, state, config, block_end, step, steps) -> bool:
+        """`steps` steps or until no row has a mask in the block; when the block closes, rows whose answer holds an
+        EOS stop (official, always on)."""
+        block_start = state.llada2_block[0]
+        window = state.x[state.rows, block_start:block_end]
+        if step < steps and bool((window == config.mask_token_id).any()):
+            state.llada2_before = window.clone()
+            return True
+        eos = _as_list(config.eos_token_id)
+        if eos and state.rows.numel():
+            answer = state.x[state.rows, state.prompt_len : block_end]
+            done = torch.isin(answer, torch.tensor(eos, device=answer.device)).any(-1)
+            state.rows = state.rows[~done]
+            state.extra = state.extra[~done]
+        return False
+
+    def _stop_rows(self, state, config, criteria, schedule):
+        if not config.official:
+            return super()._stop_rows(state, config, criteria, schedule)
+        if criteria:
+            raise ValueError("official=True has no stopping criteria / stop_strings.")
+        if not config.early_stop or state.rows.numel() == 0:
+            return schedule
+        # Official eos_early_stop: an EOS among this step's commits, and no mask between the prompt and the first
+        # EOS of the canvas (searched from column 0: an EOS in the prompt counts, a quirk kept).
+        (block_start, block_end), mask_id = state.llada2_block, config.mask_token_id
+        eos = _as_list(config.eos_token_id)
+        after = state.x[0, block_start:block_end]
+        new = (state.llada2_before[0] == mask_id) & (after != mask_id)
+        if not bool((new & torch.isin(after, torch.tensor(eos, device=after.device))).any()):
+            return schedule
+        positions = torch.isin(state.x[0, :block_end], torch.tensor(eos, device=after.device)).nonzero().flatten()
+        if positions.numel():
+            first = int(positions[0])
+            if bool((state.x[0, state.prompt_len : first] != mask_id).all()):
+                config._llada2_return_prompt = first
+                state.rows = state.rows[:0]
+                state.extra = state.extra[:0]
+        return schedule
+
+    def _diffusion_sequences(self, state, config) -> torch.LongTensor:
+        """Official: the hub return value. Default: prompt + max_new_tokens, padded after each row's first EOS."""
+        prompt_len, answer_len = state.prompt_len, config._answer_length
+        eos = _as_list(config.eos_token_id)
+        x = state.x[:, : prompt_len + answer_len]
+        if config.official:
+            if config._llada2_return_prompt is not None:
+                return state.x[:, : config._llada2_return_prompt + 1]
+            answer = x[:, prompt_len:]
+            hits = torch.isin(answer[0], torch.tensor(eos, device=x.device)).nonzero().flatten() if eos else []
+            return answer[:, : int(hits[0]) + 1 if len(hits) else answer_len]
+        if not eos:
+            return x
+        answer = x[:, prompt_len:]
+        is_eos = torch.isin(answer, torch.tensor(eos, device=x.device))
+        after_first = (is_eos.cumsum(-1) - is_eos.long()) > 0
+        fill = config.pad_token_id if config.pad_token_id is not None else eos[0]
+        return torch.cat([x[:, :prompt_len], answer.masked_fill(after_first, fill)], dim=1)
+
+
+__all__ = [
+    "LLaDA2GenerationConfig",
+    "LLaDA2GenerationMixin",
+    "LLaDA2Sampler",
+    "block_causal_mask",
+    "official_top_k",
+    "official_top_p",
+]
