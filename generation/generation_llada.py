@@ -135,6 +135,22 @@ REJECTED_KWARGS = {
     "past_key_values": "no autoregressive cache",
 }
 
+#: Filters of the sampled proposal: like transformers' warpers, they act only when sampling (warned otherwise).
+SAMPLING_FILTERS = {
+    "top_k": 0,
+    "top_p": 1.0,
+    "min_p": None,
+    "typical_p": 1.0,
+    "epsilon_cutoff": 0.0,
+    "eta_cutoff": 0.0,
+}
+
+
+def _filter_is_set(config, name: str) -> bool:
+    value = getattr(config, name, None)
+    return value is not None and value != SAMPLING_FILTERS[name]
+
+
 SELECTIONS = ("schedule", "threshold", "factor")
 CACHE_MODES = ("none", "prefix", "dual")
 COMPILE_MODES = (False, True, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -281,16 +297,25 @@ def check_contract(config: GenerationConfig, kwargs: dict) -> None:
             raise ValueError(f"generate() does not support {name}: {reason}.")
     if kwargs.get("synced_gpus"):
         raise ValueError("generate() does not support synced_gpus=True: every rank runs the same number of steps.")
-    for name in ("bad_words_ids", "sequence_bias"):
-        entries = getattr(config, name) or []
-        entries = entries.keys() if isinstance(entries, dict) else [tuple(e) for e in entries]
-        if any(len(tuple(e) if not isinstance(e, int) else (e,)) != 1 for e in entries):
+    entries = {
+        "bad_words_ids": config.bad_words_ids or [],
+        "sequence_bias": [i for i, _ in _bias_items(config.sequence_bias)],
+    }
+    for name, sequences in entries.items():
+        if any(len(tuple(ids)) != 1 for ids in sequences):
             raise ValueError(
                 f"{name}: only single-token entries are supported; a diffusion canvas is filled out of order, so a "
                 "multi-token sequence cannot be banned or biased reliably."
             )
     if config.use_cache is False and config.cache != "none":
         raise ValueError(f"use_cache=False conflicts with cache={config.cache!r}.")
+
+
+def _bias_items(sequence_bias) -> list:
+    """(ids, bias) pairs of `sequence_bias`, given as a dict or in its serialised form [[ids, bias], ...]."""
+    if not sequence_bias:
+        return []
+    return list(sequence_bias.items()) if isinstance(sequence_bias, dict) else [tuple(p) for p in sequence_bias]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -545,9 +570,7 @@ class DiffusionSampler:
         processors.extend(user_processors or [])
         if config.repetition_penalty is not None and config.repetition_penalty != 1.0:
             processors.append(RepetitionPenaltyLogitsProcessor(config.repetition_penalty))
-        bias = {tuple(k): v for k, v in (config.sequence_bias or {}).items()} if config.sequence_bias else {}
-        if isinstance(config.sequence_bias, list):  # serialised form: [[ids, bias], ...]
-            bias = {tuple(ids): value for ids, value in config.sequence_bias}
+        bias = {tuple(ids): value for ids, value in _bias_items(config.sequence_bias)}
         for ids in config.bad_words_ids or []:
             bias[tuple(ids)] = -float("inf")
         if bias:
@@ -780,6 +803,14 @@ class DiffusionGenerationMixin:
                     raise ValueError(f"{name} {token!r} is outside the model's vocabulary [0, {vocab}).")
         check_contract(config, kwargs)  # first: the base validate() would only warn that such flags "may be ignored"
         config.validate()
+        if not config.do_sample:
+            unused = [name for name in SAMPLING_FILTERS if _filter_is_set(config, name)]
+            if unused:
+                warnings.warn(
+                    f"{', '.join(unused)} only filter sampled proposals; with do_sample=False (greedy, as in "
+                    "transformers) they have no effect. Pass do_sample=True (or temperature > 0) to use them.",
+                    stacklevel=3,
+                )
         return config
 
     @torch.no_grad()
@@ -830,6 +861,7 @@ class DiffusionGenerationMixin:
             config.min_new_tokens = max(config.min_new_tokens or 0, config.min_length - prompt_len)
         if config.min_new_tokens and config.min_new_tokens > config.max_new_tokens:
             raise ValueError(f"min_new_tokens ({config.min_new_tokens}) > max_new_tokens ({config.max_new_tokens}).")
+        self._check_size(input_ids.shape[0], prompt_len + config.max_new_tokens, config, device)
         input_ids, attention_mask = self._left_pad(input_ids, attention_mask)
         plan = self._check_diffusion_inputs(input_ids, attention_mask, config)
         criteria = StoppingCriteriaList(stopping_criteria or [])
@@ -838,7 +870,6 @@ class DiffusionGenerationMixin:
                 raise ValueError("stop_strings needs the tokenizer: generate(..., tokenizer=tokenizer).")
             criteria.append(StopStringCriteria(tokenizer, config.stop_strings))
         gen_len, length, mask_id = config.max_new_tokens, prompt_len + config.max_new_tokens, config.mask_token_id
-        self._check_size(input_ids.shape[0], length, config, device)
 
         x = F.pad(input_ids, (0, gen_len), value=mask_id)
         if attention_mask is not None:
@@ -1061,8 +1092,13 @@ class DiffusionGenerationMixin:
             options = {} if mode in (True, "default") else {"mode": mode}
             step = torch.compile(DiffusionSampler.step, fullgraph=True, dynamic=True, **options)
 
+            graphs = mode == "reduce-overhead"
+
             def run(*args):
                 with torch._dynamo.config.patch(recompile_limit=64):  # several sampler configurations per model
+                    if graphs:  # CUDA graphs reuse their output buffers: mark each step, keep copies
+                        torch.compiler.cudagraph_mark_step_begin()
+                        return StepOutput(*(t.clone() for t in step(*args)))
                     return step(*args)
 
             compiled[mode] = run

@@ -162,6 +162,7 @@ def test_logits_processor_that_bans_a_token_keeps_it_out(demo):
     assert torch.equal(banned, model.generate(ids, bad_words_ids=[[nine]]))
     assert torch.equal(banned, model.generate(ids, suppress_tokens=[nine]))
     assert torch.equal(banned, model.generate(ids, sequence_bias={(nine,): -1e9}))
+    assert torch.equal(banned, model.generate(ids, sequence_bias=[[[nine], -1e9]]))  # serialised form
 
 
 def test_repetition_penalty_is_the_transformers_processor_on_the_canvas():
@@ -378,3 +379,47 @@ def test_chat_cli_uses_the_models_generation_config():
     )
     assert result.returncode == 0, result.stderr
     assert "LLaDA: 12 + 7 = 19." in result.stdout
+
+
+@pytest.mark.slow
+def test_compiled_step_gives_the_golden_tokens(golden_dir, golden_cases):
+    """compile=True through inductor on CPU (~3 min of compilation): every golden case token-exact."""
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(golden_dir).eval()
+    for case in golden_cases["generate"]:
+        if case["seed"] is not None:
+            torch.manual_seed(case["seed"])
+        kwargs = dict(case["kwargs"])
+        kwargs["max_new_tokens"] = kwargs.pop("gen_length")
+        assert model.generate(torch.tensor(case["prompt"]), compile=True, **kwargs).tolist() == case["expected"]
+
+
+def test_sampling_filters_without_sampling_warn():
+    model, prompt = tiny_model(), torch.tensor([[5, 6, 7]])
+    with pytest.warns(UserWarning, match="top_k, top_p only filter sampled proposals"):
+        out = model.generate(prompt, top_k=3, top_p=0.5, **FIT)
+    assert torch.equal(out, model.generate(prompt, **FIT))  # greedy, as in transformers
+
+
+def test_huge_canvas_in_small_blocks_is_refused_before_planning():
+    with pytest.raises(ValueError, match="GiB per step"):
+        tiny_model().generate(torch.tensor([[5, 6]]), max_new_tokens=2**40, steps=2**35, block_length=32)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("mode", [True, "reduce-overhead"])
+def test_compiled_step_on_gpu_matches_eager(golden_dir, golden_cases, mode):
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(golden_dir).eval().cuda()
+    for case in golden_cases["generate"]:
+        kwargs = dict(case["kwargs"])
+        kwargs["max_new_tokens"] = kwargs.pop("gen_length")
+        prompt = torch.tensor(case["prompt"], device="cuda")
+        outputs = []
+        for compile_mode in (False, mode):
+            torch.manual_seed(case["seed"] or 0)
+            outputs.append(model.generate(prompt, compile=compile_mode, **kwargs))
+        assert torch.equal(*outputs), case["name"]
