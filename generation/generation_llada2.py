@@ -14,6 +14,19 @@ The official sampler (the `generate()` of the hub `modeling_llada2_moe.py`) diff
   the drawn token's probability under that same distribution.
 * After each block, generation stops if the answer holds an EOS; the answer is cut after its first EOS.
 
+The exact block KV cache (`block_cache=True`, the default; `False` recomputes the prefix every step as the official
+code does): under block-causal attention the keys/values of a finished block depend only on that block and earlier
+ones, so they never change once its last token is committed. The cache keeps them (post-RoPE, per layer): the first
+step of a block runs the previous block (now finished, its keys are stored) and the current one; every other step
+runs the current block alone against the stored keys. Same queries, same keys, same mask: the tokens are those of
+the uncached sampler (tested token for token on the golden model, `official=True` included).
+
+Left-padded batches (default mode): the block grid is shared and aligned at column 0 of the padded canvas, so a row
+gets the answer it gets alone only when its padding is a whole number of blocks (`block_length` columns); otherwise
+its blocks are cut at other places than alone (still a valid LLaDA2 sampling, not the same tokens). Pad to a multiple
+of `block_length` (e.g. `tokenizer(..., pad_to_multiple_of=block_length)` with `padding_side="left"` on prompts of
+equal padded length) when alone answers matter.
+
 Two modes (the generation-config field `official`):
 
 * `official=False` (default) does what users mean: greedy (argmax) at temperature 0 / `do_sample=False`, the
@@ -54,6 +67,8 @@ class LLaDA2GenerationConfig(LLaDAGenerationConfig):
 
     Args:
         official: reproduce the official hub sampler bit for bit, quirks included (see the module docstring).
+        block_cache: keep the keys/values of finished blocks (exact under block-causal attention: same tokens as
+            recomputing the prefix; default True). `False` recomputes the prefix every step, as the official code.
         minimal_topk: caps the steps per block at `max_new_tokens // minimal_topk` (official meaning).
         steps: steps **per block** (official meaning; default 32). block_length: default 32. threshold: commit every
             masked column whose confidence is > threshold when they are at least the step's count (default 0.95;
@@ -67,6 +82,7 @@ class LLaDA2GenerationConfig(LLaDAGenerationConfig):
         "threshold": 0.95,
         "minimal_topk": 1,
         "official": False,
+        "block_cache": True,
     }
 
     def validate(self, strict: bool = False, user_set_attributes: set[str] | None = None):
@@ -91,8 +107,9 @@ def validate_llada2(config) -> None:
         if getattr(config, name, default) != default:
             raise ValueError(f"LLaDA2 generate() does not support {name}={getattr(config, name)!r}: {reason}.")
     _check_int("minimal_topk", getattr(config, "minimal_topk", 1), low=1)
-    if not isinstance(getattr(config, "official", False), bool):
-        raise ValueError(f"official must be True or False, got {config.official!r}.")
+    for name in ("official", "block_cache"):
+        if not isinstance(getattr(config, name, False), bool):
+            raise ValueError(f"{name} must be True or False, got {getattr(config, name)!r}.")
     if config.steps is None or config.block_length is None:
         raise ValueError("LLaDA2 generate() needs steps (per block) and block_length.")
 
@@ -123,6 +140,33 @@ def block_causal_mask(length: int, block_length: int, device=None) -> torch.Tens
     return blocks[None, :] <= blocks[:, None]
 
 
+class BlockKVCache:
+    """Keys/values (post-RoPE, per layer) of the finished blocks' columns [0, end) of the active rows.
+
+    A forward over the columns [start, q_end) with `start == end` (the first uncached column) reads the stored keys
+    before its fresh ones; `store` > 0 appends the first `store` fresh columns (those of blocks that are finished)."""
+
+    def __init__(self) -> None:
+        self.keys: dict[int, torch.Tensor] = {}
+        self.values: dict[int, torch.Tensor] = {}
+        self.end, self.store = 0, 0
+
+    def update(self, layer_idx: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if layer_idx in self.keys:
+            key = torch.cat([self.keys[layer_idx], key], dim=2)
+            value = torch.cat([self.values[layer_idx], value], dim=2)
+        if self.store:
+            self.keys[layer_idx] = key[:, :, : self.end + self.store]
+            self.values[layer_idx] = value[:, :, : self.end + self.store]
+        return key, value
+
+    def select(self, keep: torch.Tensor) -> None:
+        """Keep these rows (a boolean mask or indices over the rows the cache holds)."""
+        for layer_idx in self.keys:
+            self.keys[layer_idx] = self.keys[layer_idx][keep]
+            self.values[layer_idx] = self.values[layer_idx][keep]
+
+
 class LLaDA2Sampler(DiffusionSampler):
     """The engine's sampler with the LLaDA2 forward (block-causal prefix), proposal (multinomial from the tempered,
     filtered softmax; argmax at temperature 0 unless official) and selection (count schedule with threshold)."""
@@ -139,6 +183,7 @@ class LLaDA2Sampler(DiffusionSampler):
         self.sample_warpers = self.warpers
         self.temperature, self.warpers = 0.0, LogitsProcessorList()
         self.generator = None
+        self.block_cache = getattr(config, "_llada2_cache", None)
 
     def draw_noise(self, rows, length, view, device, generator=None):
         """No noise is drawn ahead: the multinomial draw happens in `propose()` (the official order), with this
@@ -147,23 +192,34 @@ class LLaDA2Sampler(DiffusionSampler):
         return None, None
 
     def logits(self, inp, view: BlockView) -> torch.Tensor:
-        """One forward over the prefix [0, block_end) with the block-causal mask (and padding); the window's logits."""
-        end = view.query[1]
+        """One forward with the block-causal mask (and padding); the window's logits. Uncached: over the prefix
+        [0, block_end). Cached: over the columns not cached yet, [cache.end, block_end), reading the stored keys of
+        the finished blocks; the columns before the window (finished now) are stored."""
+        end = view.block_end
         (w_start, w_end), block_length = view.window, self.config.block_length
-        ids = inp.x[:, :end]
-        mask = block_causal_mask(end, block_length, ids.device)[None, None]
+        cache = self.block_cache
+        start = cache.end if cache is not None else 0
+        if cache is not None:
+            cache.store = w_start - start
+        ids = inp.x[:, start:end]
+        mask = block_causal_mask(end, block_length, ids.device)[None, None, start:end]
         if inp.attention_mask is not None:
             keep = inp.attention_mask[:, :end].bool()
-            mask = mask & keep[:, None, None, :] | torch.eye(end, dtype=torch.bool, device=ids.device)
-            position_ids = (inp.attention_mask[:, :end].cumsum(-1) - 1).clamp(min=0)
+            eye = torch.eye(end, dtype=torch.bool, device=ids.device)[start:end]
+            mask = mask & keep[:, None, None, :] | eye
+            position_ids = (inp.attention_mask[:, :end].cumsum(-1) - 1).clamp(min=0)[:, start:end]
         else:
-            position_ids = torch.arange(end, device=ids.device)[None]
-        return self.model(
+            position_ids = torch.arange(start, end, device=ids.device)[None]
+        logits = self.model(
             input_ids=ids,
             attention_mask=mask,
             position_ids=position_ids,
-            logits_to_keep=slice(w_start, w_end),
+            logits_to_keep=slice(w_start - start, w_end - start),
+            diffusion_cache=cache,
         ).logits
+        if cache is not None:
+            cache.end, cache.store = cache.end + cache.store, 0
+        return logits
 
     def propose(self, logits: torch.Tensor, x: torch.Tensor, view: BlockView, uniform) -> tuple:
         """(x0, scores) with softmax(scores) the proposal distribution (the confidence rule reads it back)."""
@@ -224,6 +280,7 @@ class LLaDA2GenerationMixin(DiffusionGenerationMixin):
             raise ValueError(f"minimal_topk ({config.minimal_topk}) > max_new_tokens ({gen_len}): no step left.")
         config._llada2_steps = steps
         config._llada2_return_prompt = None
+        config._llada2_cache = BlockKVCache() if config.block_cache else None
         first = prompt_len // block_length
         return [(b * block_length, (b + 1) * block_length, steps) for b in range(first, num_blocks)]
 
@@ -252,11 +309,17 @@ class LLaDA2GenerationMixin(DiffusionGenerationMixin):
             done = torch.isin(answer, torch.tensor(eos, device=answer.device)).any(-1)
             state.rows = state.rows[~done]
             state.extra = state.extra[~done]
+            if config._llada2_cache is not None:
+                config._llada2_cache.select(~done)
         return False
 
     def _stop_rows(self, state, config, criteria, schedule):
         if not config.official:
-            return super()._stop_rows(state, config, criteria, schedule)
+            rows = state.rows
+            schedule = super()._stop_rows(state, config, criteria, schedule)
+            if config._llada2_cache is not None and state.rows.numel() != rows.numel():
+                config._llada2_cache.select(torch.isin(rows, state.rows))
+            return schedule
         if criteria:
             raise ValueError("official=True has no stopping criteria / stop_strings.")
         if not config.early_stop or state.rows.numel() == 0:
@@ -280,6 +343,7 @@ class LLaDA2GenerationMixin(DiffusionGenerationMixin):
 
     def _diffusion_sequences(self, state, config) -> torch.LongTensor:
         """Official: the hub return value. Default: prompt + max_new_tokens, padded after each row's first EOS."""
+        config._llada2_cache = None  # free the stored keys/values
         prompt_len, answer_len = state.prompt_len, config._answer_length
         eos = _as_list(config.eos_token_id)
         x = state.x[:, : prompt_len + answer_len]
@@ -299,6 +363,7 @@ class LLaDA2GenerationMixin(DiffusionGenerationMixin):
 
 
 __all__ = [
+    "BlockKVCache",
     "LLaDA2GenerationConfig",
     "LLaDA2GenerationMixin",
     "LLaDA2Sampler",
