@@ -437,7 +437,8 @@ def _available_bytes(device: torch.device) -> int | None:
 @dataclass
 class DiffusionGenerateOutput(ModelOutput):
     """`sequences` (prompt + answer), `nfe` (model forwards; a CFG pair counts once), optional canvas `history`,
-    per-step `scores` / `logits` (B, W, V) of the scored columns `score_columns[i]` (rows already stopped: -inf)."""
+    per-step `scores` / `logits` (B, W, V) of the scored columns `score_columns[i]` (rows already stopped: -inf),
+    and with self-correction `remasked`: tokens re-masked per row."""
 
     sequences: torch.LongTensor | None = None
     nfe: int | None = None
@@ -445,6 +446,7 @@ class DiffusionGenerateOutput(ModelOutput):
     scores: tuple[torch.Tensor, ...] | None = None
     logits: tuple[torch.Tensor, ...] | None = None
     score_columns: tuple[tuple[int, int], ...] | None = None
+    remasked: torch.LongTensor | None = None
 
 
 class DiffusionKVCache:
@@ -531,6 +533,7 @@ class DiffusionState:
     schedule: torch.Tensor | None = None
     extra: torch.Tensor | None = None  # tokens re-masked in the previous step, added to this step's count
     checked: list[int] = field(default_factory=list)  # stopping criteria: final-prefix length already checked
+    budget_used: torch.Tensor | None = None  # tokens re-masked so far, per row
     nfe: int = 0
     history: list = field(default_factory=list)
     scores: list = field(default_factory=list)
@@ -699,9 +702,12 @@ class DiffusionSampler:
         transfer = self.select(confidence, k, view, inp.x.shape[1])
         # 3e. commit
         new_window = torch.where(transfer, x0, x_window)
-        committed = torch.where(transfer, confidence.float(), inp.committed.narrow(1, start, end - start))
-        # 3f. remask (self-correction): low-confidence earlier commits of this block go back to mask
+        committed = inp.committed.narrow(1, start, end - start)
+        # 3f. remask (self-correction): earlier commits of this block whose probability when committed was low go
+        # back to mask (the probability under the proposal, whatever rule ordered the commits)
         budget, remasked = inp.budget, torch.zeros_like(inp.budget)
+        if self.remask:
+            committed = torch.where(transfer, low_confidence(scores, x0).float(), committed)
         if self.remask and view.allow_remask:
             earlier = (~transfer) & (new_window != self.mask_id) & ~inp.prompt_index.narrow(1, start, end - start)
             earlier &= (columns < view.block_end)[None, :] & (columns >= view.prompt_len)[None, :]
@@ -883,6 +889,7 @@ class DiffusionGenerationMixin:
             rows=torch.arange(batch, device=device),
             committed=torch.full(x.shape, torch.inf, device=device),
             budget=torch.zeros(batch, dtype=torch.long, device=device),
+            budget_used=torch.zeros(batch, dtype=torch.long, device=device),
             cache=DiffusionKVCache() if config.cache != "none" else None,
             checked=[0] * batch,
         )
@@ -926,6 +933,7 @@ class DiffusionGenerationMixin:
                 state.committed[rows, start:end] = out.committed_window
                 state.budget[rows] = out.budget
                 state.extra = out.remasked
+                state.budget_used[rows] += out.remasked
                 state.nfe += 1
                 step += 1
                 self._record(state, config, out, view, batch)
@@ -948,6 +956,7 @@ class DiffusionGenerationMixin:
                 scores=tuple(state.scores) if config.output_scores else None,
                 logits=tuple(state.logits) if config.output_logits else None,
                 score_columns=tuple(state.score_columns) if state.score_columns else None,
+                remasked=state.budget_used if config.remask_budget else None,
             )
         return sequences
 

@@ -347,6 +347,7 @@ def test_self_correction_remasks_low_confidence_commits_at_equal_forwards():
     for before, after in zip(out.history, out.history[1:]):
         remasked += int(((before != MASK) & (after == MASK)).sum())
     assert 0 < remasked <= 3 * 2 * 2  # budget per row and block
+    assert int(out.remasked.sum()) == remasked and plain.remasked is None
     assert not torch.equal(out.sequences, plain.sequences)
     assert torch.equal(
         model.generate(prompt, remask_budget=3, remask_threshold=0.0, **kwargs).sequences, plain.sequences
