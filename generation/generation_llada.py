@@ -785,7 +785,7 @@ class DiffusionGenerationMixin:
             kwargs["do_sample"] = True
         if kwargs.get("infill") and "max_new_tokens" not in kwargs and "max_length" not in kwargs:
             kwargs["max_new_tokens"] = 0  # infilling means the masks the user placed
-        if "max_length" in kwargs and "max_new_tokens" not in kwargs:
+        if kwargs.get("max_length") is not None and kwargs.get("max_new_tokens") is None:
             config.max_new_tokens = None  # resolved against the prompt length in generate()
         elif kwargs.get("max_length") is not None and kwargs.get("max_new_tokens") is not None:
             warnings.warn("Both max_new_tokens and max_length are set; max_new_tokens takes precedence.", stacklevel=3)
