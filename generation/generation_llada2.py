@@ -257,6 +257,7 @@ class LLaDA2Sampler(DiffusionSampler):
 class LLaDA2GenerationMixin(DiffusionGenerationMixin):
     """The engine's `generate()` with the LLaDA2 block plan, per-block schedule, block stop and return value."""
 
+    diffusion_config_class = LLaDA2GenerationConfig  # also for a saved generation_config.json
     diffusion_sampler_class = LLaDA2Sampler
 
     def _check_diffusion_inputs(self, input_ids, attention_mask, config) -> list[tuple[int, int, int]]:

@@ -9,7 +9,15 @@ import torch
 from safetensors.torch import save_file
 
 from .generation import generation_llada
-from .modeling import OFFICIAL_KEY_MAPPING, LLaDAConfig, LLaDAModelLM, configuration_llada, modeling_llada
+from .modeling import (
+    OFFICIAL_KEY_MAPPING,
+    LLaDA2MoeModelLM,
+    LLaDAConfig,
+    LLaDAModelLM,
+    LLaDAMoEModelLM,
+    configuration_llada,
+    modeling_llada,
+)
 
 REMOTE_CODE_FILES = (configuration_llada, modeling_llada, generation_llada)
 REMOTE_AUTO_MAP = {
@@ -18,6 +26,13 @@ REMOTE_AUTO_MAP = {
     "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM",
     "AutoModelForMaskedLM": "modeling_llada.LLaDAModelLM",
 }
+# Per family: (config file.class, model file.class) of the auto_map; the files they import come along.
+REMOTE_ENTRY_POINTS = {
+    LLaDAModelLM: ("configuration_llada.LLaDAConfig", "modeling_llada.LLaDAModelLM"),
+    LLaDA2MoeModelLM: ("configuration_llada2.LLaDA2MoeConfig", "modeling_llada2.LLaDA2MoeModelLM"),
+    LLaDAMoEModelLM: ("configuration_llada_moe.LLaDAMoEConfig", "modeling_llada_moe.LLaDAMoEModelLM"),
+}
+_SOURCE_DIRS = (Path(modeling_llada.__file__).parent, Path(generation_llada.__file__).parent)
 # Official config keys filled from the model config (the other official keys keep the 8B file's values): the config's
 # own aliases, plus the keys the official file spells like transformers does.
 _OFFICIAL_CONFIG_FIELDS = {
@@ -75,19 +90,50 @@ def export_official(model: LLaDAModelLM, out_dir: str | Path) -> Path:
     return out_dir
 
 
-def export_remote_code(model: LLaDAModelLM, out_dir: str | Path, tokenizer=None) -> Path:
+def remote_code_files(entry_modules) -> list[Path]:
+    """The hub files of these modules and, transitively, of the sibling modules they import (`from .name import`)."""
+    found, todo = {}, list(entry_modules)
+    while todo:
+        name = todo.pop()
+        if name in found:
+            continue
+        path = next((d / f"{name}.py" for d in _SOURCE_DIRS if (d / f"{name}.py").exists()), None)
+        if path is None:
+            raise FileNotFoundError(f"No hub file for the sibling module {name!r}")
+        found[name] = path
+        todo.extend(re.findall(r"^from \.(\w+) import", path.read_text(), flags=re.MULTILINE))
+    return sorted(found.values())
+
+
+def remote_auto_map(model) -> dict:
+    """The `auto_map` of `model`'s family (LLaDA-8B, LLaDA2.0, LLaDA-MoE)."""
+    for model_class, (config_entry, model_entry) in REMOTE_ENTRY_POINTS.items():
+        if isinstance(model, model_class):
+            auto_map = {"AutoConfig": config_entry}
+            auto_map.update(
+                {auto: model_entry for auto in ("AutoModel", "AutoModelForCausalLM", "AutoModelForMaskedLM")}
+            )
+            return auto_map
+    raise TypeError(f"No remote-code export for {type(model).__name__}")
+
+
+def export_remote_code(model, out_dir: str | Path, tokenizer=None) -> Path:
     """Save a checkpoint that loads with `trust_remote_code=True` where `llada_hf` is not installed.
 
-    The three hub files are copied flat next to the weights (remote code cannot import from subfolders) and
-    `auto_map` points the Auto classes at them.
+    The family's hub files (LLaDA-8B: configuration_/modeling_/generation_llada.py; LLaDA2.0 adds
+    configuration_/modeling_/generation_llada2.py; LLaDA-MoE adds configuration_/modeling_llada_moe.py and the LLaDA2
+    files it reuses) are copied flat next to the weights (remote code cannot import from subfolders) and `auto_map`
+    points the Auto classes at them.
     """
     out_dir = Path(out_dir)
+    auto_map = remote_auto_map(model)
     model.save_pretrained(out_dir)
-    for module in REMOTE_CODE_FILES:
-        shutil.copyfile(module.__file__, out_dir / Path(module.__file__).name)
+    entries = {entry.split(".")[0] for entry in auto_map.values()}
+    for path in remote_code_files(entries):
+        shutil.copyfile(path, out_dir / path.name)
     config_path = out_dir / "config.json"
     config = json.loads(config_path.read_text())
-    config["auto_map"] = dict(REMOTE_AUTO_MAP)
+    config["auto_map"] = auto_map
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True))
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)

@@ -19,6 +19,7 @@ at load time; the MLP keys (`mlp.gate`, `mlp.experts.{e}`, `mlp.shared_experts`)
 """
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +53,42 @@ register_checkpoint_conversion_mapping(
     [WeightRenaming(source, target) for source, target in LLADA2_OFFICIAL_KEY_MAPPING.items()],
     overwrite=True,
 )
+
+
+@dataclass
+class MoeMaskedLMOutput(MaskedLMOutput):
+    """`MaskedLMOutput` plus, with `output_router_logits=True`, the router logits of every MoE layer (tokens, experts)
+    and the load-balancing auxiliary loss (already added, times `router_aux_loss_coef`, to `loss` when labels are
+    given)."""
+
+    aux_loss: torch.Tensor | None = None
+    router_logits: tuple[torch.Tensor, ...] | None = None
+
+
+def load_balancing_loss(routings, num_experts: int, probabilities: Callable) -> torch.Tensor:
+    """Switch-Transformer load balancing, averaged over the MoE layers: num_experts * sum_e f_e * P_e, with f_e the
+    share of the layer's token -> expert assignments that went to expert e (the real choice: groups and expert bias
+    included) and P_e the mean router probability of e (`probabilities(router_logits)`: differentiable)."""
+    losses = []
+    for router_logits, top_idx in routings:
+        counts = torch.zeros(num_experts, device=top_idx.device, dtype=torch.float32)
+        counts.index_add_(0, top_idx.flatten(), torch.ones(top_idx.numel(), device=top_idx.device))
+        share = counts / top_idx.numel()
+        losses.append(num_experts * (share * probabilities(router_logits.float()).mean(0)).sum())
+    return torch.stack(losses).mean()
+
+
+def collect_routing(model, blocks, forward):
+    """Run `forward()` with the MoE `blocks` recording (router_logits, top_idx); return (its output, the records)."""
+    for block in blocks:
+        block.routing = []
+    try:
+        output = forward()
+        records = [record for block in blocks for record in block.routing]
+    finally:
+        for block in blocks:
+            block.routing = None
+    return output, records
 
 
 class LLaDA2RMSNorm(nn.Module):
@@ -303,11 +340,14 @@ class LLaDA2SparseMoeBlock(nn.Module):
         self.shared_experts = None
         if config.num_shared_experts:
             self.shared_experts = LLaDA2MLP(config, config.moe_intermediate_size * config.num_shared_experts)
+        self.routing = None  # a list while the LM collects router logits (`output_router_logits`)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         shape = hidden_states.shape
         flat = hidden_states.reshape(-1, shape[-1])
-        _, top_idx, top_weights = self.gate(flat)
+        router_logits, top_idx, top_weights = self.gate(flat)
+        if self.routing is not None:
+            self.routing.append((router_logits, top_idx))
         output = run_experts(self.experts, flat, top_idx, top_weights)
         if self.shared_experts is not None:
             output = output + self.shared_experts(flat)
@@ -433,7 +473,13 @@ class LLaDA2MoeModelLM(LLaDA2PreTrainedModel, LLaDA2GenerationMixin):
     `threshold` / `minimal_topk`); `official=True` reproduces the hub `generate()` token for token, quirks included.
 
     With `labels` (ids at masked positions, -100 elsewhere) and `p_mask` the loss is the masked-diffusion ELBO term
-    sum(CE / p_mask) / labels.numel(); without `p_mask`, the mean CE over labelled positions. No router auxiliary loss.
+    sum(CE / p_mask) / labels.numel(); without `p_mask`, the mean CE over labelled positions.
+
+    Router auxiliary loss (opt-in: `output_router_logits=True` in the call or the config; off in the official
+    configs, whose recipe balances experts by updating `expert_bias`, not by a loss): the Switch load-balancing loss
+    of `load_balancing_loss` (probabilities: the per-token-normalised sigmoid scores), returned as `aux_loss` with the
+    router logits, and added to `loss` times `router_aux_loss_coef` when labels are given. Every position counts
+    (padding included).
     """
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
@@ -461,28 +507,53 @@ class LLaDA2MoeModelLM(LLaDA2PreTrainedModel, LLaDA2GenerationMixin):
         diffusion_cache=None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> MaskedLMOutput:
-        """`logits_to_keep` (a slice of positions) runs the head only where logits are needed."""
-        outputs: BaseModelOutput = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            inputs_embeds=inputs_embeds,
-            diffusion_cache=diffusion_cache,
-            return_dict=True,
-            **kwargs,
+        """`logits_to_keep` (a slice of positions) runs the head only where logits are needed;
+        `output_router_logits` (default: the config's) adds the router logits and the auxiliary loss."""
+        output_router_logits = kwargs.pop("output_router_logits", None)
+        if output_router_logits is None:
+            output_router_logits = self.config.output_router_logits
+        blocks = [m for m in self.modules() if isinstance(m, LLaDA2SparseMoeBlock)] if output_router_logits else []
+        outputs, routings = collect_routing(
+            self,
+            blocks,
+            lambda: self.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                inputs_embeds=inputs_embeds,
+                diffusion_cache=diffusion_cache,
+                return_dict=True,
+                **kwargs,
+            ),
         )
         hidden_states = outputs.last_hidden_state
         if logits_to_keep is not None:
             hidden_states = hidden_states[:, logits_to_keep]
         logits = self.lm_head(hidden_states)
         loss = masked_diffusion_loss(logits, labels, p_mask) if labels is not None else None
-        return MaskedLMOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        aux_loss = None
+        if routings:
+            aux_loss = load_balancing_loss(routings, self.config.num_experts, normalised_sigmoid)
+            if loss is not None:
+                loss = loss + self.config.router_aux_loss_coef * aux_loss.to(loss.device)
+        return MoeMaskedLMOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            aux_loss=aux_loss,
+            router_logits=tuple(r for r, _ in routings) if output_router_logits else None,
         )
 
     def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, **kwargs) -> dict:
         """Pass-through, so peft's `CAUSAL_LM` wrapper can be built around this model."""
         return {"input_ids": input_ids, **kwargs}
+
+
+def normalised_sigmoid(router_logits: torch.Tensor) -> torch.Tensor:
+    """LLaDA2's router probabilities for the auxiliary loss: sigmoid scores normalised over the experts."""
+    scores = router_logits.sigmoid()
+    return scores / scores.sum(-1, keepdim=True)
 
 
 def _host_checkable(tensor: torch.Tensor) -> bool:
@@ -495,4 +566,6 @@ __all__ = [
     "LLaDA2MoeModel",
     "LLaDA2MoeModelLM",
     "LLaDA2PreTrainedModel",
+    "MoeMaskedLMOutput",
+    "load_balancing_loss",
 ]

@@ -36,9 +36,12 @@ from .modeling_llada2 import (
     LLaDA2MLP,
     LLaDA2RMSNorm,
     LLaDA2RotaryEmbedding,
+    MoeMaskedLMOutput,
     apply_partial_rotary_pos_emb,
     build_attention_mask,
+    collect_routing,
     eager_attention_forward,
+    load_balancing_loss,
     run_experts,
 )
 
@@ -124,6 +127,7 @@ class LLaDAMoESparseMoeBlock(nn.Module):
             self.expert_bias = nn.Buffer(torch.zeros(config.num_experts, dtype=torch.float32))
         else:
             self.expert_bias = None
+        self.routing = None  # a list while the LM collects router logits (`output_router_logits`)
 
     def route(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(router_logits, top-k expert ids, their weights) for (tokens, hidden) inputs; weights in fp32."""
@@ -139,7 +143,9 @@ class LLaDAMoESparseMoeBlock(nn.Module):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         shape = hidden_states.shape
         flat = hidden_states.reshape(-1, shape[-1])
-        _, top_idx, top_weights = self.route(flat)
+        router_logits, top_idx, top_weights = self.route(flat)
+        if self.routing is not None:
+            self.routing.append((router_logits, top_idx))
         return run_experts(self.experts, flat, top_idx, top_weights).view(shape)
 
 
@@ -265,7 +271,12 @@ class LLaDAMoEModelLM(LLaDAMoEPreTrainedModel, DiffusionGenerationMixin):
     `generate()` (the official ML-GSAI `generate.py` semantics, token-exact on the golden cases).
 
     With `labels` (ids at masked positions, -100 elsewhere) and `p_mask` the loss is the masked-diffusion ELBO term
-    sum(CE / p_mask) / labels.numel(); without `p_mask`, the mean CE over labelled positions. No router auxiliary loss.
+    sum(CE / p_mask) / labels.numel(); without `p_mask`, the mean CE over labelled positions.
+
+    Router auxiliary loss (opt-in: `output_router_logits=True` in the call or the config): the Switch load-balancing
+    loss (`modeling_llada2.load_balancing_loss`, probabilities: the softmax of the router logits, the real top-k
+    choice with the expert bias), returned as `aux_loss` with the router logits and added to `loss` times
+    `router_aux_loss_coef` when labels are given. Every position counts (padding included).
     """
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
@@ -293,23 +304,42 @@ class LLaDAMoEModelLM(LLaDAMoEPreTrainedModel, DiffusionGenerationMixin):
         diffusion_cache=None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> MaskedLMOutput:
-        """`logits_to_keep` (a slice of positions) runs the head only where logits are needed."""
-        outputs: BaseModelOutput = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            inputs_embeds=inputs_embeds,
-            diffusion_cache=diffusion_cache,
-            return_dict=True,
-            **kwargs,
+        """`logits_to_keep` (a slice of positions) runs the head only where logits are needed;
+        `output_router_logits` (default: the config's) adds the router logits and the auxiliary loss."""
+        output_router_logits = kwargs.pop("output_router_logits", None)
+        if output_router_logits is None:
+            output_router_logits = self.config.output_router_logits
+        blocks = [m for m in self.modules() if isinstance(m, LLaDAMoESparseMoeBlock)] if output_router_logits else []
+        outputs, routings = collect_routing(
+            self,
+            blocks,
+            lambda: self.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                inputs_embeds=inputs_embeds,
+                diffusion_cache=diffusion_cache,
+                return_dict=True,
+                **kwargs,
+            ),
         )
         hidden_states = outputs.last_hidden_state
         if logits_to_keep is not None:
             hidden_states = hidden_states[:, logits_to_keep]
         logits = self.lm_head(hidden_states)
         loss = masked_diffusion_loss(logits, labels, p_mask) if labels is not None else None
-        return MaskedLMOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        aux_loss = None
+        if routings:
+            aux_loss = load_balancing_loss(routings, self.config.num_experts, lambda r: r.softmax(-1))
+            if loss is not None:
+                loss = loss + self.config.router_aux_loss_coef * aux_loss.to(loss.device)
+        return MoeMaskedLMOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            aux_loss=aux_loss,
+            router_logits=tuple(r for r, _ in routings) if output_router_logits else None,
         )
 
     def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, **kwargs) -> dict:
