@@ -219,3 +219,17 @@ def test_causal_twin_sees_only_the_past():
     y[:, 6:] = 5
     assert torch.equal(ar_logits(model, x)[:, :6], ar_logits(model, y)[:, :6])
     assert not torch.equal(model(x).logits[:, :6], model(y).logits[:, :6])  # the MDM is bidirectional
+
+
+def test_self_correction_quick(tmp_path):
+    import self_correction
+
+    assert self_correction.main(["--quick", "--out-dir", str(tmp_path)]) == 0
+    markdown = (tmp_path / "self_correction.md").read_text()
+    assert markdown.startswith("# ") and "| re-masked per answer |" in markdown
+    data = json.loads((tmp_path / "self_correction.json").read_text())
+    rows = [*data["demo"].values(), *data["clock_per_seed"][0].values()]
+    assert {r["rule"] for r in rows} == {"low_confidence", "random"}
+    for row in rows:  # (tau, budget) was chosen on validation; it is the best of its grid there
+        assert row["chosen_validation"] == max(row["grid"].values()) and row["chosen"] in row["grid"]
+        assert 0 <= row["self_correction"] <= 1 and row["remasked_per_answer"] >= 0
