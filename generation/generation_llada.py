@@ -168,10 +168,10 @@ class LLaDAGenerationConfig(GenerationConfig):
             threshold (at least one per step); the fixed schedule is then not used.
         factor: Fast-dLLM factor selection: commit the n most confident tokens with (n + 1)(1 - c_n) < factor.
         remask_budget / remask_threshold / remask_per_step: self-correction (ReMDM-conf, Wang et al. 2025,
-            arXiv:2503.00307): after each commit, up to `remask_per_step` tokens of the current block whose
-            confidence when committed was below `remask_threshold` are masked again and re-predicted in the fuller
-            context, at most `remask_budget` per row and block. The next step commits that many more tokens, so the
-            number of forwards is unchanged. 0 = off.
+            arXiv:2503.00307): after each commit, up to `remask_per_step` earlier commits of the current block whose
+            proposal probability when committed was below `remask_threshold` are masked again and re-predicted in
+            the fuller context, at most `remask_budget` per row and block. The next step commits that many more
+            tokens, so the number of forwards is unchanged. 0 = off.
         mask_token_id / eot_token_id: the `<|mdm_mask|>` and `<|eot_id|>` ids (default: the model config's).
         suppress_eos_logits: forbid EOS (`logits_eos_inf` of the official sampler).
         suppress_eos_confidence: `None`, `"official"` (the official `confidence_eos_eot_inf`, bug for bug) or
