@@ -9,6 +9,8 @@ chat.py's, to pass explicitly for the 8B models: `ChatSession(model, tokenizer, 
 
 import torch
 
+from .loading import model_device
+
 OFFICIAL_CHAT_SETTINGS = {
     "max_new_tokens": 128,
     "steps": 128,
@@ -36,7 +38,7 @@ class ChatSession:
 
     def send(self, message: str, streamer=None) -> str:
         prompt = self.build_prompt(message)
-        device = self.model.get_input_embeddings().weight.device
+        device = model_device(self.model)
         output = self.model.generate(prompt[None].to(device), streamer=streamer, **self.generate_kwargs)[0].cpu()
         answer = output[prompt.shape[0] :]
         eos_ids = torch.tensor(_as_list(self.tokenizer.eos_token_id))

@@ -1,24 +1,46 @@
-"""`llada-hf` command line: demo, chat, export, train, eval."""
+"""`llada-hf` command line: demo, chat, export, memory, train, eval.
+
+Flags are dash-case everywhere (`--max-new-tokens`, `--device-map`). `train` parses `TrainingArguments` with
+`HfArgumentParser`, whose help lists the underscore names (`--max_steps`); it accepts the dash spelling too. `eval`
+passes its arguments to lm-eval unchanged (lm-eval's own underscore flags: `--model_args`, `--batch_size`).
+A model that cannot be loaded is reported in one line (exit 1), never a traceback.
+"""
 
 import argparse
 import sys
 
-import torch
+from .loading import ATTN_IMPLEMENTATIONS, DTYPES, ModelLoadError, load_model_and_tokenizer
 
 
-def _load(model_path: str | None, dtype: str = "auto"):
-    """(model, tokenizer): a local folder / hub id, or the embedded demo model when no path is given."""
-    from transformers import AutoModel, AutoTokenizer
+def _add_model_args(parser: argparse.ArgumentParser, required: bool = False) -> None:
+    """The loading flags every model-loading subcommand shares (`from_pretrained`'s arguments)."""
+    group = parser.add_argument_group("model loading")
+    default = "" if required else " (default: the embedded 0.7M-parameter demo model)"
+    group.add_argument("--model", required=required, default=None, help=f"checkpoint folder or hub id{default}")
+    group.add_argument("--dtype", default="auto", choices=DTYPES, help="weight dtype (auto: the checkpoint's)")
+    group.add_argument(
+        "--device-map",
+        default=None,
+        help='accelerate placement: "auto", "balanced", "sequential", "cpu", "cuda:0", ... (default: the GPU if any)',
+    )
+    group.add_argument(
+        "--attn-implementation", default=None, choices=ATTN_IMPLEMENTATIONS, help="attention kernel (default: sdpa)"
+    )
+    quant = group.add_mutually_exclusive_group()
+    quant.add_argument("--load-in-8bit", action="store_true", help="bitsandbytes 8-bit weights (CUDA only)")
+    quant.add_argument("--load-in-4bit", action="store_true", help="bitsandbytes 4-bit weights (CUDA only)")
 
-    if model_path is None:
-        from .demo import load_demo_model
 
-        return load_demo_model()
-    torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
-    model = AutoModel.from_pretrained(model_path, dtype=torch_dtype).eval()
-    if torch.cuda.is_available():
-        model = model.to("cuda")
-    return model, AutoTokenizer.from_pretrained(model_path)
+def _load(args: argparse.Namespace):
+    """(model, tokenizer) from the model-loading flags."""
+    return load_model_and_tokenizer(
+        getattr(args, "model", None),
+        dtype=getattr(args, "dtype", "auto"),
+        device_map=getattr(args, "device_map", None),
+        attn_implementation=getattr(args, "attn_implementation", None),
+        load_in_8bit=getattr(args, "load_in_8bit", False),
+        load_in_4bit=getattr(args, "load_in_4bit", False),
+    )
 
 
 def _add_generation_args(parser: argparse.ArgumentParser) -> None:
@@ -46,9 +68,10 @@ def _generation_kwargs(args: argparse.Namespace) -> dict:
 
 def cmd_chat(args: argparse.Namespace) -> int:
     from .chat import ChatSession
+    from .progress import StepProgress
     from .visualize import DenoisingVisualizer
 
-    model, tokenizer = _load(args.model, args.dtype)
+    model, tokenizer = _load(args)
     session = ChatSession(model, tokenizer, **_generation_kwargs(args))
     print("Chat with LLaDA (empty line or 'exit' to quit).", flush=True)
     for line in sys.stdin:
@@ -56,7 +79,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
         if not message or message == "exit":
             break
         steps = session.generate_kwargs.get("steps") or model.generation_config.steps
-        streamer = DenoisingVisualizer(tokenizer, total_steps=steps) if args.visualize else None
+        if args.visualize:
+            streamer = DenoisingVisualizer(tokenizer, total_steps=steps)
+        else:
+            streamer = StepProgress(steps)  # a bar on a terminal, nothing when piped
         reply = session.send(message, streamer=streamer)
         print(f"LLaDA: {reply}", flush=True)
     return 0
@@ -65,19 +91,25 @@ def cmd_chat(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(args)
+    return run_demo(args, load=_load)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_official, export_remote_code
 
-    model, tokenizer = _load(args.model, "auto")
+    model, tokenizer = _load(args)
     if args.format == "official":
         export_official(model, args.output)
     else:
         export_remote_code(model, args.output, tokenizer=tokenizer)
     print(f"wrote {args.format} checkpoint to {args.output}")
     return 0
+
+
+def cmd_memory(args: argparse.Namespace) -> int:
+    from .memory import main as memory_main
+
+    return memory_main(args)
 
 
 def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
@@ -93,30 +125,39 @@ def cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
     return train_main(rest)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="llada-hf", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+def build_parser() -> argparse.ArgumentParser:
+    from .memory import add_memory_args
+
+    parser = argparse.ArgumentParser(prog="llada-hf", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = sub.add_parser("demo", help="generate with the embedded demo model, showing the denoising")
-    demo.add_argument("--model", default=None, help="model folder or hub id (default: the embedded demo model)")
-    demo.add_argument("--prompt", action="append", default=None, help="prompt (repeatable)")
-    demo.add_argument("--no-visualize", action="store_true")
-    demo.add_argument("--dtype", default="auto")
+    _add_model_args(demo)
+    demo.add_argument("--prompt", action="append", default=None, help="a user message (repeatable)")
+    demo.add_argument("--no-visualize", action="store_true", help="no canvas drawing (a progress bar on a terminal)")
 
-    chat = sub.add_parser("chat", help="multi-turn chat (official chat.py semantics)")
-    chat.add_argument("--model", default=None, help="model folder or hub id (default: the embedded demo model)")
-    chat.add_argument("--dtype", default="auto")
+    chat = sub.add_parser("chat", help="multi-turn chat on stdin (official chat.py semantics)")
+    _add_model_args(chat)
     chat.add_argument("--visualize", action="store_true", help="draw the canvas while it denoises")
     _add_generation_args(chat)
 
     export = sub.add_parser("export", help="write an official-layout or trust_remote_code checkpoint")
-    export.add_argument("--model", required=True)
-    export.add_argument("--format", choices=["official", "remote-code"], default="remote-code")
-    export.add_argument("--output", required=True)
+    _add_model_args(export, required=True)
+    export.add_argument(
+        "--format", choices=["official", "remote-code"], default="remote-code", help="layout of the written checkpoint"
+    )
+    export.add_argument("--output", required=True, help="folder to write")
+
+    memory = sub.add_parser("memory", help="memory per device of a model and one generation step (no weights read)")
+    add_memory_args(memory)
 
     sub.add_parser("train", help="train or fine-tune (see `llada-hf train --help`)", add_help=False)
     sub.add_parser("eval", help="lm-eval with the llada_hf backend (lm_eval's arguments)", add_help=False)
+    return parser
 
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if args.command == "train":
         return cmd_train(args, rest)
@@ -124,8 +165,15 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_eval(args, rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    return {"demo": cmd_demo, "chat": cmd_chat, "export": cmd_export}[args.command](args)
+    command = {"demo": cmd_demo, "chat": cmd_chat, "export": cmd_export, "memory": cmd_memory}[args.command]
+    try:
+        return command(args)
+    except ModelLoadError as error:
+        print(f"llada-hf {args.command}: error: {error}", file=sys.stderr)
+        return 1
 
+
+__all__ = ["build_parser", "main"]
 
 if __name__ == "__main__":
     sys.exit(main())

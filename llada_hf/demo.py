@@ -12,12 +12,14 @@ from __future__ import annotations
 import argparse
 import random
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-DEMO_DIR = Path(__file__).parent / "assets" / "demo"
+from .loading import DEMO_DIR, load_model_and_tokenizer, model_device
+
 REAL_MODEL = "GSAI-ML/LLaDA-8B-Instruct"
 
 # The demo tokenizer: bytes 0-255, a few whole-word tokens, LLaDA's special tokens at small ids (vocabulary 320).
@@ -99,22 +101,29 @@ def answer_questions(model, tokenizer, questions: list[str], **generate_kwargs: 
     ]
     batch = tokenizer(prompts, add_special_tokens=False, padding=True, return_tensors="pt")
     kwargs = {**DEMO_GENERATION, **generate_kwargs}
-    device = model.get_input_embeddings().weight.device
+    device = model_device(model)
     output = model.generate(batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device), **kwargs)
     answers = output[:, batch.input_ids.shape[1] :].cpu()
     return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in answers]
 
 
-def run_demo(args: argparse.Namespace) -> int:
-    """`llada-hf demo`: answer a few prompts through `pipeline("text-generation")`, drawing each denoising step."""
+def run_demo(args: argparse.Namespace, load: Callable[[argparse.Namespace], tuple] | None = None) -> int:
+    """`llada-hf demo`: answer a few prompts through `pipeline("text-generation")`, drawing each denoising step.
+
+    `load(args)` gives (model, tokenizer) (the CLI passes its loader with the loading flags); by default the model
+    `args.model` (None: the embedded demo model) in `args.dtype`.
+    """
     from transformers import pipeline
 
-    from .cli import _load
+    from .progress import StepProgress
     from .visualize import DenoisingVisualizer
 
     torch.manual_seed(0)
     model_path = getattr(args, "model", None)
-    model, tokenizer = _load(model_path, getattr(args, "dtype", "auto"))
+    if load is None:
+        model, tokenizer = load_model_and_tokenizer(model_path, getattr(args, "dtype", "auto"))
+    else:
+        model, tokenizer = load(args)
     embedded = model_path is None
     settings = {}  # flags given override the model's generation_config.json; the rest stays the model's
     for name in ("max_new_tokens", "steps", "block_length"):
@@ -138,7 +147,10 @@ def run_demo(args: argparse.Namespace) -> int:
     )
     for prompt in prompts:
         print(f"User: {prompt}", flush=True)
-        streamer = DenoisingVisualizer(tokenizer, total_steps=shown["steps"]) if visualize else None
+        if visualize:
+            streamer = DenoisingVisualizer(tokenizer, total_steps=shown["steps"])
+        else:
+            streamer = StepProgress(shown["steps"])  # a bar on a terminal, nothing when piped
         result = pipe(
             [{"role": "user", "content": prompt}],
             streamer=streamer,

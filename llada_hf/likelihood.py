@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from .generation import classifier_free_guidance
+from .loading import model_device, resolve_mask_token_id
+from .modeling import masked_diffusion_loss
 
 IdsLike = torch.Tensor | Sequence[int]
 METHODS = ("mc", "stratified", "exact")
@@ -49,24 +51,6 @@ def _as_ids(ids: IdsLike, name: str) -> torch.LongTensor:
     if tensor.dim() != 1:
         raise ValueError(f"{name} must be a 1-D sequence of token ids, got shape {tuple(tensor.shape)}.")
     return tensor.cpu()
-
-
-def _model_device(model) -> torch.device:
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    if embeddings is not None and embeddings.weight.device.type != "meta":
-        return embeddings.weight.device
-    return next(model.parameters()).device
-
-
-def _resolve_mask_id(model, mask_token_id: int | None) -> int:
-    if mask_token_id is None:
-        for source in (getattr(model, "config", None), getattr(model, "generation_config", None)):
-            mask_token_id = getattr(source, "mask_token_id", None)
-            if mask_token_id is not None:
-                break
-    if mask_token_id is None:
-        raise ValueError("mask_token_id is not set: pass it, or set it in the model config.")
-    return int(mask_token_id)
 
 
 def _check_pair(prompt: torch.Tensor, answer: torch.Tensor, mask_id: int, index: int | None = None) -> None:
@@ -211,10 +195,10 @@ def log_likelihood(
             mask_token_id=mask_token_id, method=method, seed=seed,
         )[0]  # fmt: skip
     prompt, answer = _as_ids(prompt_ids, "prompt_ids"), _as_ids(answer_ids, "answer_ids")
-    mask_id = _resolve_mask_id(model, mask_token_id)
+    mask_id = resolve_mask_token_id(model, mask_token_id)
     _check_settings(mc_num, batch_size, cfg_scale, method)
     _check_pair(prompt, answer, mask_id)
-    device = _model_device(model)
+    device = model_device(model)
     prompt_len, answer_len = prompt.numel(), answer.numel()
     seq = torch.cat([prompt, answer]).to(device)[None, :].repeat(batch_size, 1)
     losses = []
@@ -222,10 +206,12 @@ def log_likelihood(
         counts, answer_masks = official_mask_draw(answer_len, batch_size, device, generator)
         masked = F.pad(answer_masks, (prompt_len, 0), value=False)
         noisy = torch.where(masked, mask_id, seq)
-        p_mask = (counts / answer_len)[:, None].expand_as(seq)
+        p_mask = (counts / answer_len)[:, None]
         logits = _cfg_logits(model, noisy, prompt_len, cfg_scale, mask_id)
-        token_loss = F.cross_entropy(logits[masked], seq[masked], reduction="none") / p_mask[masked]
-        losses.append((token_loss.sum() / batch_size).item())
+        labels = torch.where(masked, seq, -100)
+        # (1 / batch_size) sum over rows of sum(CE / p_mask): the diffusion loss with n_i = 1
+        loss = masked_diffusion_loss(logits, labels, p_mask, normalizer=torch.ones(batch_size, device=device))
+        losses.append(loss.item())
     return -sum(losses) / len(losses)
 
 
@@ -335,6 +321,7 @@ def batch_log_likelihood(
     rows_per_forward: int = 32,
     max_exact_len: int = 12,
     return_stderr: bool = False,
+    progress: bool | None = False,
 ) -> list[float] | tuple[list[float], list[float]]:
     """ELBO of log p(answer | prompt) for each (prompt, answer) pair, computed in few forwards.
 
@@ -344,17 +331,20 @@ def batch_log_likelihood(
     Rows of all pairs are sorted by length and packed `rows_per_forward` at a time (CFG doubles a forward's batch);
     rows of different lengths are right-padded and masked out with an attention mask.
     With `return_stderr`, also returns the standard error of each value (mc: over its iterations, NaN for a single
-    one; deterministic methods: 0).
+    one; deterministic methods: 0). `progress`: a bar over the pairs (None: only on a terminal).
     """
-    mask_id = _resolve_mask_id(model, mask_token_id)
+    from .progress import progress_bar
+
+    mask_id = resolve_mask_token_id(model, mask_token_id)
     _check_settings(mc_num, batch_size, cfg_scale, method)
     if rows_per_forward < 1:
         raise ValueError(f"rows_per_forward must be >= 1, got {rows_per_forward}.")
-    device = _model_device(model)
+    device = model_device(model)
     pad_id = _pad_id(model, mask_id)
     plans, row_losses = [], []
     # Pairs are taken in input order, _PAIRS_PER_CHUNK at a time: bounded memory, and the random draws stay in the
     # order of sequential calls.
+    bar = progress_bar(len(pairs), "scoring", progress, unit="pair")
     for chunk_start in range(0, len(pairs), _PAIRS_PER_CHUNK):
         chunk_plans = []
         for index in range(chunk_start, min(chunk_start + _PAIRS_PER_CHUNK, len(pairs))):
@@ -366,6 +356,8 @@ def batch_log_likelihood(
             )
         plans += chunk_plans
         row_losses += _score_plans(model, chunk_plans, cfg_scale, mask_id, pad_id, rows_per_forward, device)
+        bar.update(len(chunk_plans))
+    bar.close()
 
     values, stderrs = [], []
     for plan, losses in zip(plans, row_losses):

@@ -1,71 +1,76 @@
-"""Memory planning for LLaDA: weight bytes per device for a `device_map`, plus the transient memory of generation.
+"""Memory planning for the LLaDA family: weight bytes per device for a `device_map`, and generation's transients.
 
-Why a helper: LLaDA has no KV cache, so one `generate()` step is a full forward over prompt + canvas, and its largest
-transient is the (batch, seq, vocab) logits tensor and the sampler's work on it (126,464 columns for the 8B model), not
-the layers' activations. `estimate_memory` says, before loading 16 GB, what each device has to hold.
+Why a helper: a masked-diffusion LM has no KV cache, so one `generate()` step is a full forward over prompt + canvas,
+and its largest transient is the (batch, seq, vocab) logits tensor and the sampler's work on it (126,464 columns for
+the 8B model), not the layers' activations. `estimate_memory` says, before loading 16 GB, what each device has to hold.
 
-The parameter count is analytic (shapes from the config, the names `LLaDAModelLM` uses), so it can be checked against
-a meta-device model; string device maps ("auto", "balanced", ...) are resolved with the same transformers function
-`from_pretrained` uses, on a meta-device model, so the planned map is the map a load with that `max_memory` produces.
+Weights come from the model itself, built on the meta device (`meta_model`: any registered type, LLaDA-8B, LLaDA-MoE,
+LLaDA2.0), sized with accelerate's `compute_module_sizes`; string device maps ("auto", "balanced", ...) are resolved
+by the same transformers function `from_pretrained` uses (accelerate's `infer_auto_device_map` underneath), so the
+planned map is the map a load with that `max_memory` produces. The logits / sampler part is this package's own: no
+library models a diffusion sampler's working set. `llada-hf memory MODEL` prints the table.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
-
-from .modeling import LLaDAConfig
+from transformers import PreTrainedConfig
 
 Device = int | str
+DEFAULT_MODEL = "GSAI-ML/LLaDA-8B-Instruct"  # what `llada-hf memory` estimates without a MODEL
 
 # Bytes per element of the (batch, seq, vocab) logits that generate() keeps alive at its peak, beyond the logits
 # themselves, by confidence rule (see `sampler_bytes_per_logit`).
 _FLOAT64_SAMPLING_COPIES = 5  # logits64, uniform, exp(logits64), -log(uniform) and its power: live at once
 
 
-def parameter_shapes(config: LLaDAConfig) -> dict[str, tuple[int, ...]]:
-    """Name -> shape of every parameter of `LLaDAModelLM(config)`, from the config alone (no model is built).
+def meta_model(config: PreTrainedConfig, dtype: torch.dtype = torch.bfloat16) -> torch.nn.Module:
+    """The model `from_pretrained` builds for `config` (any registered LLaDA type), on the meta device: no memory.
 
-    A tied head (`tie_word_embeddings`) shares the embedding and is not listed twice, as `model.parameters()` does.
+    Parameters are created in `dtype`, as `from_pretrained(dtype=...)` does; buffers keep their own dtype (fp32 RoPE).
     """
-    d, inter, vocab = config.hidden_size, config.intermediate_size, config.vocab_size
-    q_out = config.num_attention_heads * config.head_dim
-    kv_out = config.num_key_value_heads * config.head_dim
-    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (vocab, d)}
-    for i in range(config.num_hidden_layers):
-        p = f"model.layers.{i}."
-        shapes[p + "self_attn.q_proj.weight"] = (q_out, d)
-        shapes[p + "self_attn.k_proj.weight"] = (kv_out, d)
-        shapes[p + "self_attn.v_proj.weight"] = (kv_out, d)
-        shapes[p + "self_attn.o_proj.weight"] = (d, q_out)
-        if config.attention_bias:
-            shapes[p + "self_attn.q_proj.bias"] = (q_out,)
-            shapes[p + "self_attn.k_proj.bias"] = (kv_out,)
-            shapes[p + "self_attn.v_proj.bias"] = (kv_out,)
-            shapes[p + "self_attn.o_proj.bias"] = (d,)
-        shapes[p + "mlp.gate_proj.weight"] = (inter, d)
-        shapes[p + "mlp.up_proj.weight"] = (inter, d)
-        shapes[p + "mlp.down_proj.weight"] = (d, inter)
-        shapes[p + "input_layernorm.weight"] = (d,)
-        shapes[p + "post_attention_layernorm.weight"] = (d,)
-    shapes["model.norm.weight"] = (d,)
-    if not config.tie_word_embeddings:
-        shapes["lm_head.weight"] = (vocab, d)
-    return shapes
+    from transformers import AutoModel
+
+    from . import register
+
+    register()
+    with torch.device("meta"), _default_dtype(dtype):
+        return AutoModel.from_config(config)
 
 
-def buffer_shapes(config: LLaDAConfig) -> dict[str, tuple[int, ...]]:
-    """The RoPE tables: non-persistent fp32 buffers (not in checkpoints; kept fp32 whatever the weights' dtype)."""
-    table = (config.max_position_embeddings, config.head_dim)
-    return {"model.rotary_emb.cos_cached": table, "model.rotary_emb.sin_cached": table}
+def parameter_shapes(config: PreTrainedConfig) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every parameter of the model for `config` (a meta-device model; a tied head is listed once,
+    as `model.parameters()` does)."""
+    return {name: tuple(p.shape) for name, p in meta_model(config).named_parameters()}
 
 
-def count_parameters(config: LLaDAConfig) -> int:
-    """Number of parameters of `LLaDAModelLM(config)` (8,015,581,184 for the default, 8B config)."""
-    return sum(_numel(shape) for shape in parameter_shapes(config).values())
+def buffer_shapes(config: PreTrainedConfig) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every buffer (the RoPE tables; MoE router biases), from a meta-device model."""
+    return {name: tuple(b.shape) for name, b in meta_model(config).named_buffers()}
+
+
+def count_parameters(config: PreTrainedConfig) -> int:
+    """Number of parameters of the model for `config` (8,015,581,184 for `LLaDAConfig()`, the 8B)."""
+    return sum(p.numel() for p in meta_model(config).parameters())
+
+
+def active_parameters(model: torch.nn.Module, config: PreTrainedConfig) -> int | None:
+    """Parameters one token runs through in a mixture-of-experts model (all but the unrouted experts); None for a
+    dense model. Each `experts` ModuleList contributes `num_experts_per_tok` of its experts."""
+    top_k = getattr(config, "num_experts_per_tok", None)
+    if not top_k:
+        return None
+    inactive = 0
+    for name, module in model.named_modules():
+        if name.endswith("experts") and isinstance(module, torch.nn.ModuleList) and len(module) > top_k:
+            inactive += (len(module) - top_k) * sum(p.numel() for p in module[0].parameters())
+    return sum(p.numel() for p in model.parameters()) - inactive
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,7 @@ class MemoryEstimate:
     """
 
     parameters: int
+    active_parameters: int | None  # mixture of experts: the parameters one token runs through; None when dense
     dtype: torch.dtype
     weight_bytes: int  # all parameters in `dtype`
     buffer_bytes: int  # RoPE tables, fp32, once per computing device that holds `model.rotary_emb`
@@ -87,6 +93,7 @@ class MemoryEstimate:
     logits_bytes: int  # the head's (batch, seq, vocab) output in `dtype`
     sampler_bytes: int  # what generate() allocates on top of the logits in one step (softmax, Gumbel noise, ...)
     streamed_bytes: int  # the largest offloaded leaf module, onloaded to the main device during its forward
+    sequence_length: int = 1024  # prompt + canvas: the tokens of every forward
     device_map: dict[str, Device] | None = None
     weights_per_device: dict[Device, int] = field(default_factory=dict)
     per_device: dict[Device, int] = field(default_factory=dict)
@@ -98,8 +105,10 @@ class MemoryEstimate:
 
     def summary(self) -> str:
         """A short human-readable table (GB = 1e9 bytes)."""
+        active = "" if self.active_parameters is None else f", {self.active_parameters:,} active per token"
         lines = [
-            f"parameters: {self.parameters:,} ({self.weight_bytes / 1e9:.2f} GB in {str(self.dtype).split('.')[-1]})",
+            f"parameters: {self.parameters:,} ({self.weight_bytes / 1e9:.2f} GB in {str(self.dtype).split('.')[-1]})"
+            f"{active}",
             f"per-layer activations: {self.activation_bytes / 1e6:.1f} MB, logits: {self.logits_bytes / 1e6:.1f} MB, "
             f"sampler: {self.sampler_bytes / 1e6:.1f} MB",
         ]
@@ -123,7 +132,7 @@ def sampler_bytes_per_logit(dtype: torch.dtype, do_sample: bool = False, remaski
 
 
 def estimate_memory(
-    config: LLaDAConfig,
+    config: PreTrainedConfig,
     dtype: torch.dtype = torch.bfloat16,
     device_map: str | dict[str, Device] | None = None,
     batch_size: int = 1,
@@ -150,15 +159,22 @@ def estimate_memory(
             guidance doubles the forward batch).
         attn_implementation: "eager" materializes (batch, heads, seq, seq) scores; sdpa/flash kernels do not.
     """
+    from accelerate.utils import compute_module_sizes
+
     seq_len = 1024 if seq_len is None else seq_len
     itemsize = torch.empty((), dtype=dtype).element_size()
-    shapes = parameter_shapes(config)
-    parameters = sum(_numel(s) for s in shapes.values())
-    buffer_bytes = sum(_numel(s) for s in buffer_shapes(config).values()) * 4
+    model = meta_model(config, dtype)
+    named = dict(model.named_parameters())
+    parameters = sum(p.numel() for p in named.values())
+    buffer_bytes = compute_module_sizes(model, buffers_only=True)[""]  # fp32 RoPE tables (+ MoE router biases)
 
     rows = batch_size * (2 if cfg else 1)  # rows per forward
     tokens = rows * seq_len
-    d, inter = config.hidden_size, config.intermediate_size
+    d = config.hidden_size
+    # The widest MLP a token goes through: the dense one, or its routed + shared experts (MoE).
+    experts = (getattr(config, "num_experts_per_tok", None) or 0) + (getattr(config, "num_shared_experts", None) or 0)
+    dense = getattr(config, "intermediate_size", None) or getattr(config, "dense_intermediate_size", None) or 0
+    inter = max(dense, experts * (getattr(config, "moe_intermediate_size", None) or 0))
     # Attention phase: residual, normed input, q, k, v, attention output (dtype) + fp32 RoPE copies of q and k and
     # their rotated halves (4 fp32 tensors). MLP phase: residual, normed input, gate, up, silu(gate), product.
     attention_phase = tokens * d * (6 * itemsize + 4 * 4)
@@ -173,12 +189,12 @@ def estimate_memory(
         batch_size * seq_len * config.vocab_size * sampler_bytes_per_logit(dtype, do_sample, remasking) + cfg_bytes
     )
 
-    resolved = _resolve_device_map(config, dtype, device_map, max_memory)
-    placement = _place(shapes, resolved)
+    resolved = _resolve_device_map(model, device_map, max_memory)
+    placement = {name: _lookup(resolved, name) for name in named}
     weights_per_device: dict[Device, int] = {}
-    for name, shape in shapes.items():
+    for name, param in named.items():
         device = placement[name]
-        weights_per_device[device] = weights_per_device.get(device, 0) + _numel(shape) * itemsize
+        weights_per_device[device] = weights_per_device.get(device, 0) + param.numel() * itemsize
 
     # What accelerate's dispatch does: cpu/disk entries compute on the main device (the first accelerator in the
     # map, else the CPU); "cpu" entries are offloaded too when that is an accelerator.
@@ -200,12 +216,10 @@ def estimate_memory(
         per_device[device] = per_device.get(device, 0) + nbytes
 
     # accelerate hooks every leaf module of an offloaded entry: one Linear/Embedding is on the main device at a time.
-    leaf_bytes: dict[str, int] = {}
-    for name, shape in shapes.items():
-        if placement[name] in offloaded:
-            leaf = name.rsplit(".", 1)[0]
-            leaf_bytes[leaf] = leaf_bytes.get(leaf, 0) + _numel(shape) * itemsize
-    streamed_bytes = max(leaf_bytes.values(), default=0)
+    module_bytes = compute_module_sizes(model, dtype=dtype)
+    buffers = compute_module_sizes(model, dtype=dtype, buffers_only=True)
+    leaves = {name.rsplit(".", 1)[0] for name in named if placement[name] in offloaded}
+    streamed_bytes = max((module_bytes[leaf] - buffers.get(leaf, 0) for leaf in leaves), default=0)
     add(main, streamed_bytes)
     add(runs_on("model.rotary_emb"), buffer_bytes)
     for device in dict.fromkeys(runs_on(f"model.layers.{i}") for i in range(config.num_hidden_layers)):
@@ -221,6 +235,7 @@ def estimate_memory(
 
     return MemoryEstimate(
         parameters=parameters,
+        active_parameters=active_parameters(model, config),
         dtype=dtype,
         weight_bytes=parameters * itemsize,
         buffer_bytes=buffer_bytes,
@@ -228,6 +243,7 @@ def estimate_memory(
         logits_bytes=logits_bytes,
         sampler_bytes=sampler_bytes,
         streamed_bytes=streamed_bytes,
+        sequence_length=seq_len,
         device_map=None if device_map is None else resolved,
         weights_per_device=weights_per_device,
         per_device=per_device,
@@ -235,7 +251,7 @@ def estimate_memory(
 
 
 def plan_device_map(
-    config: LLaDAConfig,
+    config: PreTrainedConfig,
     device_map: str = "auto",
     max_memory: dict[Device, int | str] | None = None,
     dtype: torch.dtype = torch.bfloat16,
@@ -245,58 +261,106 @@ def plan_device_map(
     Runs transformers' own map builder on a meta-device model, so no weights are needed; GPU indices in `max_memory`
     need not exist on this machine (transformers warns "Device N is not available").
     """
+    return _plan(meta_model(config, dtype), device_map, max_memory)
+
+
+def _plan(model: torch.nn.Module, device_map: str, max_memory: dict[Device, int | str] | None) -> dict[str, Device]:
+    """transformers' map builder (accelerate's `infer_auto_device_map` with the model's `_no_split_modules` and the
+    `max_memory` that `from_pretrained` derives) on a meta-device model."""
     from transformers.integrations.accelerate import _get_device_map
 
-    from .modeling import LLaDAModelLM
-
-    with torch.device("meta"), _default_dtype(dtype):
-        model = LLaDAModelLM(config)
     return dict(_get_device_map(model, device_map, max_memory, None))
 
 
-def main(argv: list[str] | None = None) -> None:
-    """`python -m llada_hf.memory [--config DIR] [--device-map balanced --max-memory 0=22GiB 1=22GiB] ...`"""
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Estimate LLaDA memory per device (default config: LLaDA-8B).")
-    parser.add_argument("--config", help="a checkpoint directory or config.json (default: LLaDAConfig(), the 8B)")
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    parser.add_argument("--device-map", help='"auto", "balanced", "balanced_low_0" or "sequential" (default: one GPU)')
+def add_memory_args(parser: argparse.ArgumentParser) -> None:
+    """The flags of `llada-hf memory` / `python -m llada_hf.memory`."""
+    parser.add_argument(
+        "model",
+        nargs="?",
+        default=None,
+        help="a hub config name (`llada_hf.hub.list_hub_configs()`, e.g. inclusionAI/LLaDA2.0-mini), a checkpoint "
+        "folder or a config.json (default: GSAI-ML/LLaDA-8B-Instruct); only the config is read",
+    )
+    parser.add_argument("--config", help=argparse.SUPPRESS)  # the old spelling of MODEL
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"], help="weight dtype")
+    parser.add_argument("--batch-size", type=int, default=1, help="rows per generate() call")
+    parser.add_argument("--max-new-tokens", type=int, default=1024, help="answer length (canvas)")
+    parser.add_argument("--prompt-length", type=int, default=0, help="prompt tokens (each step runs prompt + canvas)")
+    parser.add_argument("--seq-len", type=int, default=None, help="prompt + canvas, instead of the two flags above")
+    parser.add_argument(
+        "--device-map",
+        default=None,
+        choices=["auto", "balanced", "balanced_low_0", "sequential"],
+        help="plan a placement as from_pretrained would (default: everything on one GPU)",
+    )
     parser.add_argument("--max-memory", nargs="*", default=[], help="DEVICE=SIZE pairs, e.g. 0=22GiB cpu=48GiB")
-    parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--seq-len", type=int, default=1024, help="prompt + max_new_tokens")
-    parser.add_argument("--do-sample", action="store_true")
+    parser.add_argument("--do-sample", action="store_true", help="sampling (float64 Gumbel noise) instead of greedy")
     parser.add_argument("--cfg", action="store_true", help="classifier-free guidance (cfg_scale > 0)")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--attn-implementation", default="sdpa", choices=["sdpa", "eager", "flex_attention", "flash_attention_2"],
+        help="eager materialises the (batch, heads, seq, seq) scores",
+    )  # fmt: skip
 
-    config = LLaDAConfig.from_pretrained(args.config) if args.config else LLaDAConfig()
+
+def load_config(name_or_path: str) -> PreTrainedConfig:
+    """A hub config name, a checkpoint folder or a config.json as its config class; `ModelLoadError` (one line)
+    when there is none."""
+    from transformers import AutoConfig
+
+    from . import register
+    from .hub import list_hub_configs, load_hub_config
+    from .loading import ModelLoadError, looks_local
+
+    if name_or_path in list_hub_configs():
+        return load_hub_config(name_or_path)
+    if looks_local(name_or_path) and not os.path.exists(name_or_path):
+        raise ModelLoadError(f"no model or config at {name_or_path}")
+    register()
+    try:
+        return AutoConfig.from_pretrained(name_or_path)
+    except (OSError, ValueError) as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ModelLoadError(f"no config for {name_or_path}: {first}") from error
+
+
+def memory_estimate(args: argparse.Namespace) -> MemoryEstimate:
+    """The estimate for parsed `add_memory_args` flags."""
     max_memory = {}
     for pair in args.max_memory:
         device, size = pair.split("=", 1)
         max_memory[int(device) if device.isdigit() else device] = size
-    estimate = estimate_memory(
-        config,
+    args.model = args.model or getattr(args, "config", None) or DEFAULT_MODEL
+    seq_len = args.seq_len if args.seq_len is not None else args.prompt_length + args.max_new_tokens
+    return estimate_memory(
+        load_config(args.model),
         dtype=getattr(torch, args.dtype),
         device_map=args.device_map,
         batch_size=args.batch_size,
-        seq_len=args.seq_len,
+        seq_len=seq_len,
         max_memory=max_memory or None,
         do_sample=args.do_sample,
         cfg=args.cfg,
+        attn_implementation=args.attn_implementation,
     )
+
+
+def main(argv: list[str] | argparse.Namespace | None = None) -> int:
+    """`llada-hf memory [MODEL] [--dtype --batch-size --max-new-tokens --device-map ...]`: print the table."""
+    if isinstance(argv, argparse.Namespace):
+        args = argv
+    else:
+        parser = argparse.ArgumentParser(prog="llada-hf memory", description=main.__doc__)
+        add_memory_args(parser)
+        args = parser.parse_args(argv)
+    estimate = memory_estimate(args)
+    print(f"{args.model}: batch {args.batch_size}, sequence {estimate.sequence_length} (prompt + canvas)")
     print(estimate.summary())
     if estimate.device_map is not None:
         print("device_map:", estimate.device_map)
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for size in shape:
-        n *= size
-    return n
 
 
 @contextlib.contextmanager
@@ -311,15 +375,14 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
 
 
 def _resolve_device_map(
-    config: LLaDAConfig,
-    dtype: torch.dtype,
+    model: torch.nn.Module,
     device_map: str | dict[str, Device] | None,
     max_memory: dict[Device, int | str] | None,
 ) -> dict[str, Device]:
     if device_map is None:
         return {"": 0}
     if isinstance(device_map, str):
-        return plan_device_map(config, device_map, max_memory, dtype)
+        return _plan(model, device_map, max_memory)
     return {key: _normalize_device(value) for key, value in device_map.items()}
 
 
@@ -348,20 +411,21 @@ def _lookup(device_map: dict[str, Device], name: str) -> Device:
     return device_map[_match(device_map, name)]
 
 
-def _place(shapes: dict[str, tuple[int, ...]], device_map: dict[str, Device]) -> dict[str, Device]:
-    return {name: _lookup(device_map, name) for name in shapes}
-
-
 __all__ = [
     "MemoryEstimate",
     "buffer_shapes",
     "count_parameters",
     "estimate_memory",
+    "active_parameters",
+    "add_memory_args",
+    "load_config",
     "main",
+    "memory_estimate",
+    "meta_model",
     "parameter_shapes",
     "plan_device_map",
     "sampler_bytes_per_logit",
 ]
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

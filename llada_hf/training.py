@@ -32,11 +32,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments
 
-from .modeling import LLaDAConfig, LLaDAModelLM
+from .hub import load_hub_config
+from .loading import resolve_mask_token_id
+from .modeling import LLaDAConfig, LLaDAModelLM, masked_diffusion_loss
 
 logger = logging.getLogger(__name__)
 
@@ -50,16 +51,17 @@ INDEX_COLUMN = "sample_index"
 EVAL_EPOCH = -1  # the "epoch" of evaluation noise: every evaluation sees the same masks
 # Attention + MLP projections (native names). Never the embedding, the norms or the head.
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-# Small configs to train from scratch by name (smoke tests, toy tasks); special ids as the tiny tokenizer's.
+# Small configs to train from scratch by name (smoke tests, toy tasks): the `llada_hf/<name>` hub configs, whose
+# special ids are the tiny tokenizer's.
 TINY_CONFIGS: dict[str, dict[str, Any]] = {
-    "tiny": dict(
-        vocab_size=1024, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=256, mask_token_id=1000, eos_token_id=1001, pad_token_id=1001, bos_token_id=1002,
-    ),
-    "small": dict(
-        vocab_size=1024, hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
-        max_position_embeddings=1024, mask_token_id=1000, eos_token_id=1001, pad_token_id=1001, bos_token_id=1002,
-    ),
+    name: {
+        key: getattr(load_hub_config(f"llada_hf/{name}"), key)
+        for key in (
+            "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+            "max_position_embeddings", "mask_token_id", "eos_token_id", "pad_token_id", "bos_token_id",
+        )
+    }
+    for name in ("tiny", "small")
 }  # fmt: skip
 
 
@@ -102,21 +104,9 @@ def forward_process(
     return noisy, labels, p_mask.contiguous()
 
 
-def diffusion_loss(
-    logits: torch.Tensor, labels: torch.LongTensor, p_mask: torch.Tensor, normalizer: torch.Tensor | None = None
-) -> torch.Tensor:
-    """(1/b) sum_i (1/n_i) sum_{j: label != -100} CE(logits_ij, label_ij) / p_ij, in fp32.
-
-    `normalizer` (b,) holds n_i: the answer length for SFT; by default the row length l, which gives the paper's
-    pre-training normalisation by b * l. Unshifted: position j predicts token j.
-    """
-    token_loss = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
-    b, length = labels.shape
-    weight = (labels != IGNORE_INDEX) / p_mask.float()
-    per_row = (token_loss * weight).sum(-1)
-    if normalizer is None:
-        return per_row.sum() / (b * length)
-    return (per_row / normalizer.to(per_row).clamp(min=1)).sum() / b
+# The one masked-diffusion loss (also the models' `labels=`/`p_mask=` loss and the likelihood's sum), under the name
+# this module has always used.
+diffusion_loss = masked_diffusion_loss
 
 
 def random_length_crop(
@@ -133,13 +123,6 @@ def random_length_crop(
         length = int(torch.randint(1, input_ids.shape[1] + 1, (1,), generator=generator, device=device))
         input_ids = input_ids[:, :length]
     return input_ids
-
-
-def _mask_token_id(model: nn.Module, mask_token_id: int | None) -> int:
-    mask_token_id = mask_token_id if mask_token_id is not None else getattr(model.config, "mask_token_id", None)
-    if mask_token_id is None:
-        raise ValueError("mask_token_id is not set (pass it, or set config.mask_token_id).")
-    return mask_token_id
 
 
 def pretraining_loss(
@@ -167,7 +150,7 @@ def pretraining_loss(
         maskable = attention_mask.bool()
         normalizer = maskable.sum(-1)
     noisy, labels, p_mask = forward_process(
-        input_ids, _mask_token_id(model, mask_token_id), eps=eps, generator=generator, maskable=maskable
+        input_ids, resolve_mask_token_id(model, mask_token_id), eps=eps, generator=generator, maskable=maskable
     )
     logits = model(input_ids=noisy, attention_mask=attention_mask).logits
     return diffusion_loss(logits, labels, p_mask, normalizer)
@@ -189,7 +172,11 @@ def sft_loss(
     """
     prompt_lengths = torch.as_tensor(prompt_lengths, device=input_ids.device)
     noisy, labels, p_mask = forward_process(
-        input_ids, _mask_token_id(model, mask_token_id), eps=eps, generator=generator, prompt_lengths=prompt_lengths
+        input_ids,
+        resolve_mask_token_id(model, mask_token_id),
+        eps=eps,
+        generator=generator,
+        prompt_lengths=prompt_lengths,
     )
     answer_lengths = (input_ids.shape[1] - prompt_lengths).float()
     return diffusion_loss(model(input_ids=noisy).logits, labels, p_mask, answer_lengths)

@@ -136,8 +136,18 @@ class LLaDAConfig(PreTrainedConfig):
                 f"embedding_size ({self.embedding_size}) != vocab_size ({self.vocab_size}) is not supported: "
                 "the released checkpoints use equal sizes."
             )
-        if self.mask_token_id is not None and not 0 <= self.mask_token_id < self.vocab_size:
-            raise ValueError(f"mask_token_id ({self.mask_token_id}) is outside the vocabulary [0, {self.vocab_size}).")
+        outside = [
+            f"{name} ({token_id})"
+            for name in ("mask_token_id", "pad_token_id", "bos_token_id", "eos_token_id")
+            for token_id in _ids(getattr(self, name, None))
+            if not 0 <= token_id < self.vocab_size
+        ]
+        if outside:
+            raise ValueError(
+                f"{', '.join(outside)} outside the vocabulary [0, {self.vocab_size}). The defaults are LLaDA-8B's ids "
+                "(mask 126336, eos/pad 126081): a smaller vocabulary needs its own mask_token_id, eos_token_id, "
+                "pad_token_id and bos_token_id (or None)."
+            )
         if self.mask_token_id is not None and self.mask_token_id == self.pad_token_id:
             raise ValueError(f"pad_token_id must differ from mask_token_id ({self.mask_token_id}).")
         if self.hidden_act != "silu":
@@ -146,6 +156,13 @@ class LLaDAConfig(PreTrainedConfig):
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
+
+
+def _ids(value) -> list[int]:
+    """A special-id field (None, an id or a list of ids) as a list."""
+    if value is None:
+        return []
+    return [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]
 
 
 __all__ = ["LLaDAConfig"]

@@ -351,8 +351,8 @@ class LLaDAModelLM(LLaDAPreTrainedModel, DiffusionGenerationMixin):
     """LLaDA with its (untied) LM head: logits for every position, and the masked-diffusion sampler as `generate()`.
 
     With `labels` (ids at masked positions, -100 elsewhere) and `p_mask` (masking probability per row or token) the
-    loss is the masked-diffusion ELBO term sum(CE / p_mask) / labels.numel(); without `p_mask` it is the mean CE over
-    labelled positions. Training code in `llada_hf.training` builds these inputs.
+    loss is the masked-diffusion ELBO term sum(CE / p_mask) / labels.numel() (`masked_diffusion_loss`); `labels`
+    without `p_mask` raises (it is not a diffusion loss). Training code in `llada_hf.training` builds these inputs.
     """
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
@@ -413,16 +413,37 @@ def _host_checkable(tensor: torch.Tensor) -> bool:
 
 
 def masked_diffusion_loss(
-    logits: torch.Tensor, labels: torch.LongTensor, p_mask: torch.Tensor | None = None
+    logits: torch.Tensor,
+    labels: torch.LongTensor,
+    p_mask: torch.Tensor | None = None,
+    normalizer: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """sum over labelled positions of CE / p_mask, divided by the number of positions (pre-training ELBO).
+    """The masked-diffusion loss: (1/b) sum_i (1/n_i) sum_{j: label != -100} CE(logits_ij, label_ij) / p_ij, in fp32.
 
-    `p_mask` broadcasts against `labels` ((B, 1) per sequence or (B, T) per token). Without it: mean CE.
+    The one implementation of the objective: the models' `labels=`/`p_mask=` loss, `llada_hf.training` (pre-training
+    and SFT) and `llada_hf.likelihood` (`normalizer` = 1: the ELBO's sum) all call it. `p_mask` broadcasts against
+    `labels` ((b, 1) per row or (b, l) per token). `normalizer` (b,) holds n_i: the answer length for SFT; by default
+    the row length l, which is the paper's pre-training normalisation by b * l. Unshifted: position j predicts token j.
+
+    `p_mask` is required: without the 1/p_mask weights the sum is not the diffusion ELBO, and the autoregressive habit
+    `model(input_ids, labels=input_ids)` (no masking, unshifted CE) would train the model to copy its input.
     """
-    token_loss = F.cross_entropy(logits.float().transpose(1, 2), labels.to(logits.device), reduction="none")
     if p_mask is None:
-        return token_loss.sum() / (labels != -100).sum().clamp(min=1)
-    return (token_loss / p_mask.to(token_loss.device)).sum() / labels.numel()
+        raise ValueError(
+            "labels without p_mask: a masked-diffusion loss needs the noised input_ids, labels at the masked "
+            "positions (-100 elsewhere) and p_mask (each row's masking probability). "
+            "`model(input_ids, labels=input_ids)` (the autoregressive habit) would train the model to copy its "
+            "input. Use "
+            "`llada_hf.training.pretraining_loss(model, input_ids)` / `sft_loss(...)`, or `forward_process` to noise "
+            "the batch and pass `labels=` and `p_mask=` from it."
+        )
+    token_loss = F.cross_entropy(logits.float().transpose(1, 2), labels.to(logits.device), reduction="none")
+    weight = (labels != -100).to(token_loss.device) / p_mask.to(token_loss.device).float()
+    per_row = (token_loss * weight).sum(-1)
+    b, length = labels.shape
+    if normalizer is None:
+        return per_row.sum() / (b * length)
+    return (per_row / normalizer.to(per_row).clamp(min=1)).sum() / b
 
 
 __all__ = ["LLaDAModel", "LLaDAModelLM", "LLaDAPreTrainedModel", "OFFICIAL_KEY_MAPPING", "masked_diffusion_loss"]

@@ -34,21 +34,10 @@ def golden_model():
 
 
 def tiny_config(**overrides) -> "llada_hf.LLaDAConfig":
-    """A small LLaDA config (vocab 1024, mask 1000, EOS=PAD 1001), like the golden checkpoint."""
-    params = dict(
-        vocab_size=1024,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=256,
-        mask_token_id=1000,
-        eos_token_id=1001,
-        pad_token_id=1001,
-        bos_token_id=1002,
-    )
-    params.update(overrides)
-    return llada_hf.LLaDAConfig(**params)
+    """The `llada_hf/tiny` hub config (vocab 1024, mask 1000, EOS=PAD 1001), like the golden checkpoint."""
+    from llada_hf.hub import load_hub_config
+
+    return load_hub_config("llada_hf/tiny", **overrides)
 
 
 def tiny_model(seed: int = 0, **overrides) -> "llada_hf.LLaDAModelLM":

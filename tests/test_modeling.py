@@ -158,13 +158,38 @@ def test_auto_classes_registered(golden_dir):
         (dict(layer_norm_type="default"), "layer_norm_type"),
         (dict(include_bias=True), "include_bias"),
         (dict(mask_token_id=1001), "pad_token_id must differ"),
-        (dict(mask_token_id=5000), "outside the vocabulary"),
+        (dict(mask_token_id=5000), r"^mask_token_id \(5000\) outside the vocabulary"),
+        (dict(eos_token_id=1024), r"^eos_token_id \(1024\) outside the vocabulary"),
+        (dict(eos_token_id=[1001, 2000]), r"^eos_token_id \(2000\) outside the vocabulary"),
+        (dict(pad_token_id=-1), r"^pad_token_id \(-1\) outside the vocabulary"),
+        (dict(bos_token_id=4096), r"^bos_token_id \(4096\) outside the vocabulary"),
         (dict(embedding_size=2048), "embedding_size"),
     ],
 )
 def test_config_rejects_what_it_cannot_compute(overrides, message):
     with pytest.raises(ValueError, match=message):
         tiny_config(**overrides)
+
+
+def test_small_vocabulary_with_the_8b_special_ids_is_refused():
+    """The trap: `LLaDAConfig(vocab_size=50)` keeps the 8B's special ids (126081, 126336) unless all are checked."""
+    every = r"mask_token_id \(126336\), pad_token_id \(126081\), eos_token_id \(126081\) outside the vocabulary"
+    with pytest.raises(ValueError, match=every):
+        llada_hf.LLaDAConfig(vocab_size=50)
+    with pytest.raises(ValueError, match=r"^pad_token_id \(126081\), eos_token_id \(126081\) outside"):
+        llada_hf.LLaDAConfig(vocab_size=50, mask_token_id=49)
+    config = llada_hf.LLaDAConfig(vocab_size=50, mask_token_id=49, eos_token_id=48, pad_token_id=48)
+    assert config.bos_token_id is None
+
+
+def test_labels_without_p_mask_are_refused():
+    """The AR habit `model(ids, labels=ids)` (unshifted CE, no masking) must not silently train copying."""
+    model = tiny_model()
+    ids = torch.randint(0, 1000, (2, 8))
+    with pytest.raises(ValueError, match="labels without p_mask.*pretraining_loss"):
+        model(ids, labels=ids)
+    loss = model(ids, labels=ids, p_mask=torch.full((2, 1), 0.5)).loss
+    assert loss.item() > 0
 
 
 def test_out_of_range_ids_raise():
