@@ -21,11 +21,13 @@ step of a block runs the previous block (now finished, its keys are stored) and 
 runs the current block alone against the stored keys. Same queries, same keys, same mask: the tokens are those of
 the uncached sampler (tested token for token on the golden model, `official=True` included).
 
-Left-padded batches (default mode): the block grid is shared and aligned at column 0 of the padded canvas, so a row
-gets the answer it gets alone only when its padding is a whole number of blocks (`block_length` columns); otherwise
-its blocks are cut at other places than alone (still a valid LLaDA2 sampling, not the same tokens). Pad to a multiple
-of `block_length` (e.g. `tokenizer(..., pad_to_multiple_of=block_length)` with `padding_side="left"` on prompts of
-equal padded length) when alone answers matter.
+Left-padded batches (default mode): one call's block grid is shared and aligned at column 0 of the padded canvas, so
+a row sees the grid it has alone only when its padding is a whole number of blocks. `generate()` therefore splits a
+batch by padding % block_length (per-row alignment): one engine call per distinct alignment, each with that many
+padding columns trimmed, outputs merged back in row order; every row gets its alone answer. With a streamer or
+`return_dict_in_generate` / `output_scores` / `output_logits` / `output_history` the outputs cannot be merged: the
+batch then runs on one shared grid (warned), and rows whose padding is not a whole number of blocks get a valid LLaDA2
+sampling that is not their alone answer.
 
 Two modes (the generation-config field `official`):
 
@@ -46,6 +48,7 @@ Official keyword names map to: `gen_length` -> `max_new_tokens`, `eos_id` -> `eo
 """
 
 import copy
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -259,6 +262,54 @@ class LLaDA2GenerationMixin(DiffusionGenerationMixin):
 
     diffusion_config_class = LLaDA2GenerationConfig  # also for a saved generation_config.json
     diffusion_sampler_class = LLaDA2Sampler
+
+    #: generate() options whose outputs cannot be merged across the per-alignment calls (shared grid then, warned).
+    _UNGROUPABLE = ("streamer", "return_dict_in_generate", "output_scores", "output_logits", "output_history")
+
+    def generate(self, inputs=None, generation_config=None, attention_mask=None, **kwargs):
+        """The engine's `generate()`; a left-padded batch whose rows' padding differ by other than whole blocks is
+        split by padding % block_length (one call per alignment, each trimmed of that many padding columns), so every
+        row runs on the block grid it has alone and gets its alone answer (default mode; each call is cached)."""
+        input_ids = inputs if inputs is not None else kwargs.pop("input_ids", None)
+        groups = None
+        if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2 and isinstance(attention_mask, torch.Tensor):
+            input_ids, attention_mask = self._left_pad(input_ids, attention_mask)
+            groups = self._alignment_groups(attention_mask, generation_config, kwargs)
+        if groups is None:
+            return super().generate(input_ids, generation_config, attention_mask=attention_mask, **kwargs)
+        prompt_len = input_ids.shape[1]
+        if "max_length" in kwargs and "max_new_tokens" not in kwargs:
+            kwargs["max_new_tokens"] = kwargs.pop("max_length") - prompt_len
+        parts, width = {}, None
+        for residue, rows in groups:
+            out = super().generate(
+                input_ids[rows, residue:], generation_config, attention_mask=attention_mask[rows, residue:], **kwargs
+            )
+            copies = out.shape[0] // len(rows)  # num_return_sequences
+            prefix = input_ids[rows, :residue].repeat_interleave(copies, dim=0).to(out.device)
+            out = torch.cat([prefix, out], dim=1).view(len(rows), copies, -1)
+            width = out.shape[-1]
+            parts.update({row: out[i] for i, row in enumerate(rows.tolist())})
+        return torch.stack([parts[row] for row in range(input_ids.shape[0])]).reshape(-1, width)
+
+    def _alignment_groups(self, attention_mask, generation_config, kwargs):
+        """[(residue, rows)] when the rows' left padding differs by other than whole blocks, else None."""
+        base = generation_config if generation_config is not None else self.generation_config
+        block_length = kwargs.get("block_length", getattr(base, "block_length", None))
+        if kwargs.get("official", getattr(base, "official", False)) or not block_length:
+            return None
+        residues = (~attention_mask.bool()).sum(-1) % block_length
+        if residues.unique().numel() == 1:
+            return None
+        if any(kwargs.get(name) or getattr(base, name, False) for name in self._UNGROUPABLE):
+            warnings.warn(
+                "LLaDA2 generate(): rows whose padding differs by other than whole blocks share one block grid here "
+                f"(with {', '.join(self._UNGROUPABLE)} the per-alignment calls are not merged): they may not get "
+                "their alone answers. Pad to a multiple of block_length.",
+                stacklevel=3,
+            )
+            return None
+        return [(int(r), (residues == r).nonzero().flatten()) for r in residues.unique()]
 
     def _check_diffusion_inputs(self, input_ids, attention_mask, config) -> list[tuple[int, int, int]]:
         """Validate; round the canvas up to whole blocks; return the absolute block plan from the prompt's block."""

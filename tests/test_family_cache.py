@@ -100,3 +100,21 @@ def test_cached_padded_batch_with_rows_leaving(model, pad):
 def test_block_cache_must_be_a_bool(model):
     with pytest.raises(ValueError, match="block_cache"):
         model.generate(torch.tensor([PROMPT]), max_new_tokens=8, block_length=8, steps=8, block_cache="yes")
+
+
+def test_padded_rows_get_alone_answers_whatever_their_padding(model):
+    """Per-row alignment: rows whose padding is not a whole number of blocks are run on their own block grid."""
+    prompts = [PROMPT, LONG[:12], LONG[:9], LONG]  # padding 8, 3, 6, 0 columns: three alignments
+    kwargs = dict(max_new_tokens=16, block_length=8, steps=4, threshold=0.5, pad_token_id=EOS)
+    alone = [model.generate(torch.tensor([p]), **kwargs)[0, len(p) :].tolist() for p in prompts]
+    width = max(map(len, prompts))
+    ids = torch.tensor([[EOS] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    batch = model.generate(ids, attention_mask=mask, **kwargs)
+    assert batch.shape == (4, width + 16) and torch.equal(batch[:, :width], ids)
+    assert batch[:, width:].tolist() == alone
+    two = model.generate(ids, attention_mask=mask, num_return_sequences=2, do_sample=True, **kwargs)
+    assert two.shape == (8, width + 16) and torch.equal(two[:, :width], ids.repeat_interleave(2, dim=0))
+    with pytest.warns(UserWarning, match="share one block grid"):
+        out = model.generate(ids, attention_mask=mask, return_dict_in_generate=True, **kwargs)
+    assert out.sequences.shape == batch.shape
