@@ -29,10 +29,25 @@ def _add_model_args(parser: argparse.ArgumentParser, required: bool = False) -> 
     quant = group.add_mutually_exclusive_group()
     quant.add_argument("--load-in-8bit", action="store_true", help="bitsandbytes 8-bit weights (CUDA only)")
     quant.add_argument("--load-in-4bit", action="store_true", help="bitsandbytes 4-bit weights (CUDA only)")
+    if parser.prog.split()[-1] in ("demo", "chat"):
+        from .quantize import QUANTIZE_CHOICES
+
+        quant.add_argument(
+            "--quantize", choices=QUANTIZE_CHOICES, default=None,
+            help="quantise on load: int8 / int4 weight-only (torchao, CPU or GPU), nf4 (bitsandbytes, CUDA only)",
+        )  # fmt: skip
 
 
 def _load(args: argparse.Namespace):
     """(model, tokenizer) from the model-loading flags."""
+    if getattr(args, "quantize", None):
+        from .quantize import load_quantized
+
+        return load_quantized(
+            getattr(args, "model", None), args.quantize, dtype=getattr(args, "dtype", "auto"),
+            device_map=getattr(args, "device_map", None),
+            attn_implementation=getattr(args, "attn_implementation", None),
+        )  # fmt: skip
     return load_model_and_tokenizer(
         getattr(args, "model", None),
         dtype=getattr(args, "dtype", "auto"),
