@@ -1,0 +1,459 @@
+"""Answer benchmark: time to a correct answer of a masked-diffusion model vs its autoregressive twin.
+
+Two tasks with trained models and an exact-match metric:
+
+* demo: the embedded demo model (chat addition, `llada_hf/assets/demo`), its 300 held-out operand pairs;
+* clock: the clock walk of `experiments/planning.py` (5 positions), MDM and AR trained here from scratch.
+
+The AR twin has the MDM's size (same `LLaDAConfig`: width, depth, heads, MLP, vocabulary, RoPE) and is trained on
+the same data with the same budget (steps x batch, learning rate) by the experiments' training loop
+(`experiments/common.py`: causal mask, next-token loss), then copied into a `LlamaForCausalLM` (the architectures
+share every weight name) and decoded by HF `generate()` (greedy, dynamic KV cache, stops at EOS / EoT). Trained
+twins are cached under `--cache-dir` (reruns do not retrain; the key holds the task and the budget).
+
+Variants, each eager: MDM with the reference schedule (1 token per step), fixed k tokens per step, confidence
+threshold (Fast-dLLM), threshold + dual cache; AR twin with the dynamic cache. Accuracy is measured once per variant
+on the whole test set (batches of 100); timing on a fixed subset of `--timed` questions, as B=1 (one call per
+question) and B=8 (one call per 8 questions), in one process, interleaved (each repetition runs every cell once in a
+rotated order), warm-up excluded; ms/answer = cell time / questions. An A/A pair (the reference schedule timed twice)
+flags a noisy run (A/A median ratio off 1 by > 3 % or IQR > 5 %).
+
+    python bench/bench_answers.py --threads 1            # trains the twins once (~35 min on one core), then ~5 min
+    python bench/bench_answers.py --quick --out /tmp/q   # CI-sized smoke run (seconds)
+
+The claim: the fastest MDM variant at B=1 whose accuracy is within 1 point of the best accuracy of any variant, as a
+ratio of the AR twin's ms/answer to it (> 1: diffusion is faster per answer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import random
+import statistics
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+import transformers
+from safetensors.torch import load_file, save_file
+from transformers import LlamaConfig, LlamaForCausalLM
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "experiments"))
+from common import EOS, Backbone, build_model, train  # noqa: E402
+from planning import ClockWalk  # noqa: E402
+
+from llada_hf import LLaDAConfig, LLaDAModelLM  # noqa: E402
+from llada_hf.demo import (  # noqa: E402
+    DEMO_MODEL_CONFIG,
+    PHRASINGS,
+    arithmetic_answer,
+    arithmetic_rows,
+    load_demo_model,
+    split_pairs,
+)
+
+DEMO_BUDGET = dict(steps=8000, batch_size=64, lr=1e-3, warmup=200)  # scripts/train_demo_model.py's recipe
+CLOCK_BUDGET = dict(steps=2500, batch_size=64, lr=1e-3, positions=5)  # experiments/decoding.py's recipe
+CLOCK_BACKBONE = dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=192)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# AR twins
+
+
+def to_llama(model: LLaDAModelLM) -> LlamaForCausalLM:
+    """The same weights in a `LlamaForCausalLM` (LLaDA's layout is Llama's: RMSNorm, SwiGLU, RoPE, no biases)."""
+    c = model.config
+    config = LlamaConfig(
+        vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
+        num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
+        num_key_value_heads=c.num_key_value_heads or c.num_attention_heads, rms_norm_eps=c.rms_norm_eps,
+        max_position_embeddings=c.max_position_embeddings, rope_theta=c.rope_theta, tie_word_embeddings=False,
+        bos_token_id=c.bos_token_id, eos_token_id=c.eos_token_id, pad_token_id=c.pad_token_id,
+        attention_bias=False, mlp_bias=False,
+    )  # fmt: skip
+    llama = LlamaForCausalLM(config).eval()
+    missing, unexpected = llama.load_state_dict(model.state_dict(), strict=False)
+    missing = [k for k in missing if "rotary" not in k]
+    if missing or unexpected:
+        raise RuntimeError(f"weight names differ: missing {missing}, unexpected {unexpected}")
+    return llama
+
+
+def demo_ar_batches(tokenizer, batch_size: int, seed: int):
+    """Next-batch function over the demo's training rows (shuffled epochs): prompt + answer + <|eot_id|> + EOS,
+    right-padded with EOS (the causal mask makes right padding invisible to earlier tokens)."""
+    train_pairs, _ = split_pairs()
+    rows = arithmetic_rows(train_pairs)
+    eot = tokenizer.convert_tokens_to_ids("<|eot_id|>")
+    tokenized: dict[int, tuple[list[int], int]] = {}  # row -> (sequence, prompt length), filled as rows are drawn
+
+    def encode(i: int) -> tuple[list[int], int]:
+        if i not in tokenized:
+            messages = rows[i]["messages"]
+            prompt = tokenizer.apply_chat_template(messages[:1], add_generation_prompt=True, tokenize=True,
+                                                   return_dict=False)  # fmt: skip
+            answer = tokenizer(messages[1]["content"], add_special_tokens=False).input_ids
+            tokenized[i] = (prompt + answer + [eot, EOS_DEMO], len(prompt))
+        return tokenized[i]
+
+    rng = random.Random(seed)
+    order: list[int] = []
+
+    def next_batch(step: int):
+        nonlocal order
+        if len(order) < batch_size:
+            fresh = list(range(len(rows)))
+            rng.shuffle(fresh)
+            order = order + fresh
+        chosen, order = order[:batch_size], order[batch_size:]
+        encoded = [encode(i) for i in chosen]
+        width = max(len(sequence) for sequence, _ in encoded)
+        ids = torch.full((batch_size, width), EOS_DEMO)
+        for r, (sequence, _) in enumerate(encoded):
+            ids[r, : len(sequence)] = torch.tensor(sequence)
+        return ids, torch.tensor([length for _, length in encoded])
+
+    return next_batch
+
+
+EOS_DEMO = DEMO_MODEL_CONFIG["eos_token_id"]
+
+
+def cached_model(cache: Path, config: LLaDAConfig, build_and_train) -> tuple[LLaDAModelLM, dict]:
+    """Load `cache`.safetensors/.json if present, else train (`build_and_train() -> (model, record)`) and save."""
+    weights, meta = cache.parent / f"{cache.name}.safetensors", cache.parent / f"{cache.name}.json"
+    if weights.is_file() and meta.is_file():
+        model = LLaDAModelLM(config)
+        model.load_state_dict(load_file(weights))
+        record = json.loads(meta.read_text())
+        record["cached"] = True
+        return model.eval(), record
+    model, record = build_and_train()
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, weights)
+    meta.write_text(json.dumps(record, indent=2))
+    record["cached"] = False
+    return model.eval(), record
+
+
+def demo_twin(budget: dict, cache_dir: Path, tokenizer) -> tuple[LlamaForCausalLM, dict]:
+    config = LLaDAConfig(**DEMO_MODEL_CONFIG)
+    key = f"demo_ar_s{budget['steps']}_b{budget['batch_size']}_lr{budget['lr']:g}"
+
+    def build_and_train():
+        torch.manual_seed(0)
+        model = LLaDAModelLM(config)
+        batches = demo_ar_batches(tokenizer, budget["batch_size"], seed=0)
+        record = train(model, "ar", batches, budget["steps"], budget["lr"], seed=0,
+                       warmup=min(budget["warmup"], budget["steps"] // 10), log_every=500)  # fmt: skip
+        return model, {**record, **budget}
+
+    model, record = cached_model(cache_dir / key, config, build_and_train)
+    return to_llama(model), record
+
+
+def clock_models(budget: dict, cache_dir: Path) -> tuple[LLaDAModelLM, LlamaForCausalLM, dict, ClockWalk]:
+    task = ClockWalk(budget["positions"])
+    length = task.prompt_length + task.answer_length
+    models, records = {}, {}
+    for kind in ("mdm", "ar"):
+        config = Backbone(**CLOCK_BACKBONE).config(task.vocab_size, length)
+        key = f"clock{budget['positions']}_{kind}_s{budget['steps']}_b{budget['batch_size']}_lr{budget['lr']:g}"
+
+        def build_and_train(kind=kind):
+            model = build_model(Backbone(**CLOCK_BACKBONE), task.vocab_size, length, seed=0)
+            record = train(model, kind, task.batches(budget["batch_size"], 0), budget["steps"], budget["lr"], 0,
+                           warmup=min(100, budget["steps"] // 10))  # fmt: skip
+            return model, {**record, **budget}
+
+        models[kind], records[kind] = cached_model(cache_dir / key, config, build_and_train)
+    mdm = models["mdm"]
+    mdm.generation_config.update(mask_token_id=1, eos_token_id=EOS, pad_token_id=EOS, eot_token_id=None)
+    return mdm, to_llama(models["ar"]), records, task
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Tasks as (prompts, expected answers, decode functions)
+
+
+class Task:
+    """Test prompts (left-padded per batch), a checker, and per-variant decoders returning (answers ok, forwards)."""
+
+    def __init__(self, name, prompts: list[list[int]], check, canvas: int, pad: int, ar_stop: list[int]):
+        self.name, self.prompts, self.check, self.canvas, self.pad, self.ar_stop = (
+            name, prompts, check, canvas, pad, ar_stop,
+        )  # fmt: skip
+
+    def batch(self, indices: list[int]) -> tuple[torch.LongTensor, torch.LongTensor]:
+        width = max(len(self.prompts[i]) for i in indices)
+        ids = torch.full((len(indices), width), self.pad)
+        mask = torch.zeros((len(indices), width), dtype=torch.long)
+        for r, i in enumerate(indices):
+            n = len(self.prompts[i])
+            ids[r, width - n :] = torch.tensor(self.prompts[i])
+            mask[r, width - n :] = 1
+        return ids, mask
+
+
+def mdm_call(model, task: Task, indices: list[int], **kwargs):
+    ids, mask = task.batch(indices)
+    settings = dict(max_new_tokens=task.canvas, block_length=task.canvas, return_dict_in_generate=True)
+    settings.update(kwargs)
+    if mask.all():
+        out = model.generate(ids, **settings)
+    else:
+        out = model.generate(ids, attention_mask=mask, **settings)
+    return out.sequences[:, ids.shape[1] :], out.nfe
+
+
+def ar_call(model, task: Task, indices: list[int]):
+    ids, mask = task.batch(indices)
+    out = model.generate(
+        ids, attention_mask=mask, max_new_tokens=task.canvas, do_sample=False, eos_token_id=task.ar_stop,
+        pad_token_id=task.pad, use_cache=True,
+    )  # fmt: skip
+    new = out[:, ids.shape[1] :]
+    padded = torch.full((len(indices), task.canvas), task.pad)  # stopped early at EOS: pad to the canvas
+    padded[:, : new.shape[1]] = new
+    return padded, new.shape[1]
+
+
+def demo_task(n: int) -> tuple[Task, LLaDAModelLM, object]:
+    model, tokenizer = load_demo_model()
+    _, held_out = split_pairs()
+    rng = random.Random(0)  # the phrasing draw of scripts/train_demo_model.py's held-out evaluation
+    questions = [(rng.choice(PHRASINGS).format(a=a, b=b), arithmetic_answer(a, b)) for a, b in held_out][:n]
+    prompts = [
+        tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=True,
+                                      return_dict=False)
+        for q, _ in questions
+    ]  # fmt: skip
+    expected = [a for _, a in questions]
+
+    def check(indices, answers):
+        return [tokenizer.decode(row, skip_special_tokens=True).strip() == expected[i] for i, row in
+                zip(indices, answers)]  # fmt: skip
+
+    eot = tokenizer.convert_tokens_to_ids("<|eot_id|>")
+    task = Task("demo", prompts, check, canvas=16, pad=EOS_DEMO, ar_stop=[eot, EOS_DEMO])
+    return task, model, tokenizer
+
+
+def clock_task(test_size: int, walk: ClockWalk) -> Task:
+    prompts, answers = walk.sample(test_size, torch.Generator().manual_seed(10_000))
+    n = walk.path_length
+
+    def check(indices, outputs):
+        return [bool((row[:n] == answers[i, :n]).all()) for i, row in zip(indices, outputs)]
+
+    return Task("clock", prompts.tolist(), check, canvas=walk.answer_length, pad=EOS, ar_stop=[EOS])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Measurement
+
+
+def mdm_variants(canvas: int) -> dict[str, dict]:
+    variants = {"MDM 1 tok/step": dict(steps=canvas), "MDM 1 tok/step (A/A)": dict(steps=canvas)}
+    for k in (2, 4):
+        if canvas % k == 0 or k == 2:
+            variants[f"MDM k={k}"] = dict(steps=max(1, canvas // k))
+    variants["MDM threshold 0.9"] = dict(threshold=0.9)
+    variants["MDM threshold 0.9 + dual cache"] = dict(threshold=0.9, cache="dual")
+    return variants
+
+
+def accuracy(call, task: Task, n: int, batch: int = 100) -> float:
+    correct = 0
+    for start in range(0, n, batch):
+        indices = list(range(start, min(n, start + batch)))
+        answers, _ = call(indices)
+        correct += sum(task.check(indices, answers))
+    return correct / n
+
+
+def measure_task(task: Task, mdm, ar, args) -> dict:
+    variants = mdm_variants(task.canvas)
+    calls = {name: partial(mdm_call, mdm, task, **kw) for name, kw in variants.items()}
+    calls["AR twin, generate() dynamic cache"] = partial(ar_call, ar, task)
+    n_test = len(task.prompts)
+    rows = {name: {"variant": name, "accuracy": accuracy(call, task, n_test)} for name, call in calls.items()}
+    timed = list(range(min(args.timed, n_test)))
+    cells = {}
+    for batch in args.batch:
+        chunks = [timed[i : i + batch] for i in range(0, len(timed), batch)]
+        for name, call in calls.items():
+            cells[(name, batch)] = (call, chunks)
+    forwards = {}
+    for (name, batch), (call, chunks) in cells.items():  # warm-up; forwards per answer from these calls
+        nfe = [call(chunk)[1] for chunk in chunks]
+        forwards[(name, batch)] = statistics.fmean(nfe)
+    times = {key: [] for key in cells}
+    gc.disable()
+    try:
+        for rep in range(args.reps):
+            keys = list(cells)
+            keys = keys[rep % len(keys) :] + keys[: rep % len(keys)]
+            for key in keys:
+                call, chunks = cells[key]
+                start = time.perf_counter()
+                for chunk in chunks:
+                    call(chunk)
+                times[key].append((time.perf_counter() - start) / len(timed))
+    finally:
+        gc.enable()
+    for (name, batch), samples in times.items():
+        ref = times[("MDM 1 tok/step", batch)]
+        ratios = [r / t for r, t in zip(ref, samples)]
+        q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+        rows[name][f"B{batch}"] = {
+            "ms_per_answer": 1000 * statistics.median(samples),
+            "forwards_per_call": forwards[(name, batch)],
+            "speedup_vs_ref": statistics.median(ratios),
+            "speedup_iqr": q[2] - q[0],
+        }
+    aa = {b: rows["MDM 1 tok/step (A/A)"][f"B{b}"] for b in args.batch}
+    noisy = any(abs(v["speedup_vs_ref"] - 1) > 0.03 or v["speedup_iqr"] > 0.05 for v in aa.values())
+    result = {"task": task.name, "test_size": n_test, "timed_questions": len(timed), "canvas": task.canvas,
+              "rows": list(rows.values()), "aa_check": {b: (v["speedup_vs_ref"], v["speedup_iqr"]) for b, v in
+                                                         aa.items()}, "noise_flag": noisy}  # fmt: skip
+    result["claim"] = claim(result["rows"], batch=1 if 1 in args.batch else args.batch[0])
+    return result
+
+
+def claim(rows: list[dict], batch: int) -> dict:
+    """Fastest MDM variant within 1 point of the best accuracy (any variant), against the AR twin at `batch`."""
+    key = f"B{batch}"
+    best = max(r["accuracy"] for r in rows)
+    ar = next(r for r in rows if r["variant"].startswith("AR"))
+    eligible = [r for r in rows if r["variant"].startswith("MDM") and r["accuracy"] >= best - 0.01 and key in r]
+    out = {"batch": batch, "best_accuracy": best, "ar_variant": ar["variant"], "ar_accuracy": ar["accuracy"],
+           "ar_within_1_point": ar["accuracy"] >= best - 0.01}  # fmt: skip
+    if not eligible:
+        out["mdm_variant"] = None
+        return out
+    fastest = min(eligible, key=lambda r: r[key]["ms_per_answer"])
+    out.update(mdm_variant=fastest["variant"], mdm_accuracy=fastest["accuracy"],
+               mdm_ms=fastest[key]["ms_per_answer"], ar_ms=ar[key]["ms_per_answer"],
+               ar_over_mdm=ar[key]["ms_per_answer"] / fastest[key]["ms_per_answer"])  # fmt: skip
+    return out
+
+
+def render(results: dict) -> str:
+    lines = []
+    for res in results["tasks"]:
+        batches = [k for k in res["rows"][0] if k.startswith("B")]
+        header = "| variant | accuracy (%) | " + " | ".join(
+            f"fwd/call {b} | ms/answer {b} | × vs 1 tok/step {b} (IQR)" for b in batches
+        )
+        lines += [f"\n{res['task']} ({res['test_size']} test questions, {res['timed_questions']} timed, canvas "
+                  f"{res['canvas']})\n", header + " |", "|" + "---|" * (2 + 3 * len(batches))]  # fmt: skip
+        for r in res["rows"]:
+            cells = " | ".join(
+                f"{r[b]['forwards_per_call']:.2f} | {r[b]['ms_per_answer']:.2f} | "
+                f"{r[b]['speedup_vs_ref']:.2f} ({r[b]['speedup_iqr']:.2f})"
+                for b in batches
+            )
+            lines.append(f"| {r['variant']} | {100 * r['accuracy']:.1f} | {cells} |")
+        c = res["claim"]
+        aa = ", ".join(f"B{b}: {m:.2f} (IQR {q:.2f})" for b, (m, q) in res["aa_check"].items())
+        lines.append(f"\nA/A (ref/ref median ratio): {aa}; noisy: {res['noise_flag']}")
+        if c.get("mdm_variant"):
+            lines.append(
+                f"Claim (B={c['batch']}): {c['mdm_variant']} ({100 * c['mdm_accuracy']:.1f} %, {c['mdm_ms']:.2f} ms) "
+                f"vs AR twin ({100 * c['ar_accuracy']:.1f} %, {c['ar_ms']:.2f} ms): AR ms / MDM ms = "
+                f"{c['ar_over_mdm']:.2f}" + ("" if c["ar_within_1_point"] else " (AR not within 1 point)")
+            )
+        else:
+            lines.append("Claim: no MDM variant within 1 point of the best accuracy")
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = results["tasks"]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False)
+    for ax, res in zip(axes[0], tasks):
+        for r in res["rows"]:
+            if "(A/A)" in r["variant"] or "B1" not in r:
+                continue
+            marker = "s" if r["variant"].startswith("AR") else "o"
+            x, y = r["B1"]["ms_per_answer"], 100 * r["accuracy"]
+            ax.plot([x], [y], marker, markersize=7)
+            ax.annotate(r["variant"].replace("MDM ", ""), (x, y), textcoords="offset points", xytext=(5, 4),
+                        fontsize=7)  # fmt: skip
+        ax.set_xlabel("ms per answer, B=1 (CPU, 1 thread)")
+        ax.set_ylabel("exact match (%)")
+        ax.set_title(f"{res['task']}: accuracy vs time per answer", fontsize=10)
+        ax.margins(x=0.25, y=0.1)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", default="demo,clock")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--timed", type=int, default=16, help="questions in each timed cell")
+    parser.add_argument("--test-size", type=int, default=500, help="clock-walk test walks (demo: all 300 pairs)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--demo-steps", type=int, default=DEMO_BUDGET["steps"], help="AR twin budget (demo)")
+    parser.add_argument("--clock-steps", type=int, default=CLOCK_BUDGET["steps"])
+    parser.add_argument("--cache-dir", default=str(ROOT / "bench" / "results" / "cache"))
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    parser.add_argument("--train-only", action="store_true", help="train (or load) the twins and stop")
+    parser.add_argument("--quick", action="store_true", help="CI-sized: tiny budgets, few questions, 1 rep")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.demo_steps, args.clock_steps, args.reps, args.timed, args.test_size = 20, 20, 2, 2, 8
+        args.batch = [1, 2]
+    torch.set_num_threads(args.threads)
+    cache_dir = Path(args.cache_dir)
+    command = "python bench/bench_answers.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    results = {"command": command, "threads": args.threads, "reps": args.reps, "torch": torch.__version__,
+               "transformers": transformers.__version__, "cpu": platform.processor() or platform.machine(),
+               "tasks": [], "training": {}}  # fmt: skip
+    names = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    for name in names:
+        if name == "demo":
+            n = 8 if args.quick else 300
+            task, mdm, tokenizer = demo_task(n)
+            budget = {**DEMO_BUDGET, "steps": args.demo_steps}
+            ar, record = demo_twin(budget, cache_dir, tokenizer)
+            results["training"]["demo"] = {"mdm": "llada_hf/assets/demo/training.json (8000 x 64, lr 1e-3)",
+                                           "ar": record}  # fmt: skip
+        elif name == "clock":
+            budget = {**CLOCK_BUDGET, "steps": args.clock_steps}
+            mdm, ar, records, walk = clock_models(budget, cache_dir)
+            task = clock_task(args.test_size, walk)
+            results["training"]["clock"] = records
+        else:
+            raise SystemExit(f"unknown task {name!r}: use demo or clock")
+        print(f"{name}: twins ready ({json.dumps(results['training'][name], default=str)})", flush=True)
+        if args.train_only:
+            continue
+        results["tasks"].append(measure_task(task, mdm, ar, args))
+    if args.train_only:
+        return 0
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "answers_cpu.json").write_text(json.dumps(results, indent=2) + "\n")
+    plot(results, out / "answers_cpu.png")
+    print(render(results))
+    print(f"wrote {out}/answers_cpu.{{json,png}}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
