@@ -262,9 +262,9 @@ def clock_task(test_size: int, walk: ClockWalk) -> Task:
 
 def mdm_variants(canvas: int) -> dict[str, dict]:
     variants = {"MDM 1 tok/step": dict(steps=canvas), "MDM 1 tok/step (A/A)": dict(steps=canvas)}
-    for k in (2, 4):
-        if canvas % k == 0 or k == 2:
-            variants[f"MDM k={k}"] = dict(steps=max(1, canvas // k))
+    for k in (2, 3, 4, 8):
+        if canvas % k == 0:
+            variants[f"MDM k={k}"] = dict(steps=canvas // k)
     variants["MDM threshold 0.9"] = dict(threshold=0.9)
     variants["MDM threshold 0.9 + dual cache"] = dict(threshold=0.9, cache="dual")
     return variants
