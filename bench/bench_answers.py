@@ -385,15 +385,15 @@ def plot(results: dict, path: Path) -> None:
     tasks = results["tasks"]
     fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False)
     for ax, res in zip(axes[0], tasks):
-        for r in res["rows"]:
-            if "(A/A)" in r["variant"] or "B1" not in r:
-                continue
+        shown = [r for r in res["rows"] if "(A/A)" not in r["variant"] and "B1" in r]
+        for i, r in enumerate(shown):
             marker = "s" if r["variant"].startswith("AR") else "o"
             x, y = r["B1"]["ms_per_answer"], 100 * r["accuracy"]
             ax.plot([x], [y], marker, markersize=7)
-            ax.annotate(r["variant"].replace("MDM ", ""), (x, y), textcoords="offset points", xytext=(5, 4),
-                        fontsize=7)  # fmt: skip
-        ax.set_xlabel("ms per answer, B=1 (CPU, 1 thread)")
+            ax.annotate(r["variant"].replace("MDM ", ""), (x, y), textcoords="offset points",
+                        xytext=(5, 6 - 12 * (i % 3)), fontsize=7)  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_xlabel("ms per answer, B=1 (CPU, 1 thread; log scale)")
         ax.set_ylabel("exact match (%)")
         ax.set_title(f"{res['task']}: accuracy vs time per answer", fontsize=10)
         ax.margins(x=0.25, y=0.1)
