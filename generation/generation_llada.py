@@ -498,22 +498,24 @@ class BlockView(NamedTuple):
 
 
 class StepInput(NamedTuple):
-    """Tensors of the active rows: canvas, padding mask, fixed columns, commit-time confidence, remask budget."""
+    """Tensors of the active rows: canvas, padding mask, fixed columns; with self-correction the commit-time
+    probabilities and the remask budget (else None)."""
 
     x: torch.Tensor
     attention_mask: torch.Tensor | None
     prompt_index: torch.Tensor
-    committed: torch.Tensor
-    budget: torch.Tensor
+    committed: torch.Tensor | None
+    budget: torch.Tensor | None
 
 
 class StepOutput(NamedTuple):
-    """The window's new tokens and commit confidences, the remask budget, re-masked counts, raw/processed logits."""
+    """The window's new tokens; with self-correction its commit probabilities, the remask budget and re-masked counts
+    (else None); raw and processed logits."""
 
     x_window: torch.Tensor
-    committed_window: torch.Tensor
-    budget: torch.Tensor
-    remasked: torch.Tensor
+    committed_window: torch.Tensor | None
+    budget: torch.Tensor | None
+    remasked: torch.Tensor | None
     logits: torch.Tensor
     scores: torch.Tensor
 
@@ -540,10 +542,12 @@ class DiffusionState:
     logits: list = field(default_factory=list)
     score_columns: list = field(default_factory=list)
 
-    def inputs(self) -> StepInput:
+    def inputs(self, remask: bool) -> StepInput:
+        """The active rows' tensors (the self-correction ones only when it is on: no work on the default path)."""
         rows = self.rows
         mask = self.attention_mask[rows] if self.attention_mask is not None else None
-        return StepInput(self.x[rows], mask, self.prompt_index[rows], self.committed[rows], self.budget[rows])
+        committed, budget = (self.committed[rows], self.budget[rows]) if remask else (None, None)
+        return StepInput(self.x[rows], mask, self.prompt_index[rows], committed, budget)
 
 
 class DiffusionSampler:
@@ -624,8 +628,7 @@ class DiffusionSampler:
                 attention_mask=attention_mask,
                 position_ids=torch.arange(q_start, q_end, device=input_ids.device)[None],
                 diffusion_cache=self.cache,
-                # an index tensor, not a slice: under torch.compile the block's offsets stay symbolic
-                logits_to_keep=torch.arange(w_start - q_start, w_end - q_start, device=input_ids.device),
+                logits_to_keep=_columns(w_start - q_start, w_end - q_start, input_ids.device),
             ).logits
 
         cfg = self.config.cfg_scale
@@ -702,13 +705,14 @@ class DiffusionSampler:
         transfer = self.select(confidence, k, view, inp.x.shape[1])
         # 3e. commit
         new_window = torch.where(transfer, x0, x_window)
-        committed = inp.committed.narrow(1, start, end - start)
         # 3f. remask (self-correction): earlier commits of this block whose probability when committed was low go
         # back to mask (the probability under the proposal, whatever rule ordered the commits)
+        if not self.remask:
+            return StepOutput(new_window, None, None, None, logits, scores)
+        committed = inp.committed.narrow(1, start, end - start)
+        committed = torch.where(transfer, low_confidence(scores, x0).float(), committed)
         budget, remasked = inp.budget, torch.zeros_like(inp.budget)
-        if self.remask:
-            committed = torch.where(transfer, low_confidence(scores, x0).float(), committed)
-        if self.remask and view.allow_remask:
+        if view.allow_remask:
             earlier = (~transfer) & (new_window != self.mask_id) & ~inp.prompt_index.narrow(1, start, end - start)
             earlier &= (columns < view.block_end)[None, :] & (columns >= view.prompt_len)[None, :]
             doubtful = torch.where(earlier & (committed < self.config.remask_threshold), -committed, -torch.inf)
@@ -927,13 +931,14 @@ class DiffusionGenerationMixin:
                 if schedule is not None:  # one count for every row (host int), or per row (device tensor)
                     k = schedule[step] if isinstance(schedule, list) else schedule[:, step] + state.extra
                 noise = sampler.draw_noise(rows.numel(), length, view, device, generator)
-                out = step_fn(sampler, state.inputs(), k, noise, view)
+                out = step_fn(sampler, state.inputs(sampler.remask), k, noise, view)
                 start, end = view.window
                 state.x[rows, start:end] = out.x_window
-                state.committed[rows, start:end] = out.committed_window
-                state.budget[rows] = out.budget
-                state.extra = out.remasked
-                state.budget_used[rows] += out.remasked
+                if out.remasked is not None:  # self-correction's bookkeeping
+                    state.committed[rows, start:end] = out.committed_window
+                    state.budget[rows] = out.budget
+                    state.extra = out.remasked
+                    state.budget_used[rows] += out.remasked
                 state.nfe += 1
                 step += 1
                 self._record(state, config, out, view, batch)
@@ -1107,7 +1112,7 @@ class DiffusionGenerationMixin:
                 with torch._dynamo.config.patch(recompile_limit=64):  # several sampler configurations per model
                     if graphs:  # CUDA graphs reuse their output buffers: mark each step, keep copies
                         torch.compiler.cudagraph_mark_step_begin()
-                        return StepOutput(*(t.clone() for t in step(*args)))
+                        return StepOutput(*(t.clone() if t is not None else None for t in step(*args)))
                     return step(*args)
 
             compiled[mode] = run
@@ -1191,6 +1196,12 @@ def _check_ids(input_ids, attention_mask, device):
             raise ValueError("attention_mask must hold 0/1 values.")
         attention_mask = attention_mask.to(device=device, dtype=torch.long)
     return input_ids, attention_mask
+
+
+def _columns(start: int, end: int, device) -> slice | torch.Tensor:
+    """Columns whose logits are kept: a slice (a view) in eager mode; an index tensor under torch.compile, where a
+    slice would make dynamo specialise on the block's offsets and recompile for every block."""
+    return torch.arange(start, end, device=device) if torch.compiler.is_compiling() else slice(start, end)
 
 
 def _temperature(config) -> float:
