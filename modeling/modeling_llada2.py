@@ -38,7 +38,7 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_llada2 import LLaDA2MoeConfig
 from .generation_llada2 import LLaDA2GenerationConfig, LLaDA2GenerationMixin
-from .modeling_llada import masked_diffusion_loss
+from .modeling_llada import _host_checkable, masked_diffusion_loss
 
 # Official key -> native key, one anchored rule per tensor kind (one capture group each, as the loader expects).
 LLADA2_OFFICIAL_KEY_MAPPING = {
@@ -509,41 +509,10 @@ class LLaDA2MoeModelLM(LLaDA2PreTrainedModel, LLaDA2GenerationMixin):
     ) -> MaskedLMOutput:
         """`logits_to_keep` (a slice of positions) runs the head only where logits are needed;
         `output_router_logits` (default: the config's) adds the router logits and the auxiliary loss."""
-        output_router_logits = kwargs.pop("output_router_logits", None)
-        if output_router_logits is None:
-            output_router_logits = self.config.output_router_logits
-        blocks = [m for m in self.modules() if isinstance(m, LLaDA2SparseMoeBlock)] if output_router_logits else []
-        outputs, routings = collect_routing(
-            self,
-            blocks,
-            lambda: self.model(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                inputs_embeds=inputs_embeds,
-                diffusion_cache=diffusion_cache,
-                return_dict=True,
-                **kwargs,
-            ),
-        )
-        hidden_states = outputs.last_hidden_state
-        if logits_to_keep is not None:
-            hidden_states = hidden_states[:, logits_to_keep]
-        logits = self.lm_head(hidden_states)
-        loss = masked_diffusion_loss(logits, labels, p_mask) if labels is not None else None
-        aux_loss = None
-        if routings:
-            aux_loss = load_balancing_loss(routings, self.config.num_experts, normalised_sigmoid)
-            if loss is not None:
-                loss = loss + self.config.router_aux_loss_coef * aux_loss.to(loss.device)
-        return MoeMaskedLMOutput(
-            loss=loss,
-            logits=logits,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            aux_loss=aux_loss,
-            router_logits=tuple(r for r, _ in routings) if output_router_logits else None,
-        )
+        return moe_lm_forward(
+            self, LLaDA2SparseMoeBlock, normalised_sigmoid, input_ids, attention_mask, position_ids, inputs_embeds,
+            labels, p_mask, logits_to_keep, diffusion_cache, kwargs,
+        )  # fmt: skip
 
     def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, **kwargs) -> dict:
         """Pass-through, so peft's `CAUSAL_LM` wrapper can be built around this model."""
@@ -556,9 +525,57 @@ def normalised_sigmoid(router_logits: torch.Tensor) -> torch.Tensor:
     return scores / scores.sum(-1, keepdim=True)
 
 
-def _host_checkable(tensor: torch.Tensor) -> bool:
-    """Whether a value check on `tensor` is free: on the CPU, outside compilation, non-empty."""
-    return tensor.device.type == "cpu" and tensor.numel() > 0 and not torch.compiler.is_compiling()
+def moe_lm_forward(
+    lm,
+    block_type,
+    probabilities: Callable,
+    input_ids,
+    attention_mask,
+    position_ids,
+    inputs_embeds,
+    labels,
+    p_mask,
+    logits_to_keep,
+    diffusion_cache,
+    kwargs: dict,
+) -> "MoeMaskedLMOutput":
+    """The LM-head forward of both MoE families: body (router logits collected when asked), head on the kept columns,
+    masked-diffusion loss, and the opt-in router auxiliary loss with the family's router `probabilities`."""
+    output_router_logits = kwargs.pop("output_router_logits", None)
+    if output_router_logits is None:
+        output_router_logits = lm.config.output_router_logits
+    blocks = [m for m in lm.modules() if isinstance(m, block_type)] if output_router_logits else []
+    outputs, routings = collect_routing(
+        lm,
+        blocks,
+        lambda: lm.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            diffusion_cache=diffusion_cache,
+            return_dict=True,
+            **kwargs,
+        ),
+    )
+    hidden_states = outputs.last_hidden_state
+    if logits_to_keep is not None:
+        hidden_states = hidden_states[:, logits_to_keep]
+    logits = lm.lm_head(hidden_states)
+    loss = masked_diffusion_loss(logits, labels, p_mask) if labels is not None else None
+    aux_loss = None
+    if routings:
+        aux_loss = load_balancing_loss(routings, lm.config.num_experts, probabilities)
+        if loss is not None:
+            loss = loss + lm.config.router_aux_loss_coef * aux_loss.to(loss.device)
+    return MoeMaskedLMOutput(
+        loss=loss,
+        logits=logits,
+        hidden_states=outputs.hidden_states,
+        attentions=outputs.attentions,
+        aux_loss=aux_loss,
+        router_logits=tuple(r for r, _ in routings) if output_router_logits else None,
+    )  # fmt: skip
 
 
 __all__ = [

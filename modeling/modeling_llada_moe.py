@@ -31,17 +31,15 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_llada_moe import LLaDAMoEConfig
 from .generation_llada import DiffusionGenerationMixin, LLaDAGenerationConfig
-from .modeling_llada import masked_diffusion_loss
+from .modeling_llada import _host_checkable
 from .modeling_llada2 import (
     LLaDA2MLP,
     LLaDA2RMSNorm,
     LLaDA2RotaryEmbedding,
-    MoeMaskedLMOutput,
     apply_partial_rotary_pos_emb,
     build_attention_mask,
-    collect_routing,
     eager_attention_forward,
-    load_balancing_loss,
+    moe_lm_forward,
     run_experts,
 )
 
@@ -306,50 +304,19 @@ class LLaDAMoEModelLM(LLaDAMoEPreTrainedModel, DiffusionGenerationMixin):
     ) -> MaskedLMOutput:
         """`logits_to_keep` (a slice of positions) runs the head only where logits are needed;
         `output_router_logits` (default: the config's) adds the router logits and the auxiliary loss."""
-        output_router_logits = kwargs.pop("output_router_logits", None)
-        if output_router_logits is None:
-            output_router_logits = self.config.output_router_logits
-        blocks = [m for m in self.modules() if isinstance(m, LLaDAMoESparseMoeBlock)] if output_router_logits else []
-        outputs, routings = collect_routing(
-            self,
-            blocks,
-            lambda: self.model(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                inputs_embeds=inputs_embeds,
-                diffusion_cache=diffusion_cache,
-                return_dict=True,
-                **kwargs,
-            ),
-        )
-        hidden_states = outputs.last_hidden_state
-        if logits_to_keep is not None:
-            hidden_states = hidden_states[:, logits_to_keep]
-        logits = self.lm_head(hidden_states)
-        loss = masked_diffusion_loss(logits, labels, p_mask) if labels is not None else None
-        aux_loss = None
-        if routings:
-            aux_loss = load_balancing_loss(routings, self.config.num_experts, lambda r: r.softmax(-1))
-            if loss is not None:
-                loss = loss + self.config.router_aux_loss_coef * aux_loss.to(loss.device)
-        return MoeMaskedLMOutput(
-            loss=loss,
-            logits=logits,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            aux_loss=aux_loss,
-            router_logits=tuple(r for r, _ in routings) if output_router_logits else None,
-        )
+        return moe_lm_forward(
+            self, LLaDAMoESparseMoeBlock, _softmax, input_ids, attention_mask, position_ids, inputs_embeds, labels,
+            p_mask, logits_to_keep, diffusion_cache, kwargs,
+        )  # fmt: skip
 
     def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, **kwargs) -> dict:
         """Pass-through, so peft's `CAUSAL_LM` wrapper can be built around this model."""
         return {"input_ids": input_ids, **kwargs}
 
 
-def _host_checkable(tensor: torch.Tensor) -> bool:
-    """Whether a value check on `tensor` is free: on the CPU, outside compilation, non-empty."""
-    return tensor.device.type == "cpu" and tensor.numel() > 0 and not torch.compiler.is_compiling()
+def _softmax(router_logits: torch.Tensor) -> torch.Tensor:
+    """LLaDA-MoE's router probabilities for the auxiliary loss."""
+    return router_logits.softmax(-1)
 
 
 __all__ = ["LLaDAMoEModel", "LLaDAMoEModelLM", "LLaDAMoEPreTrainedModel"]
