@@ -78,12 +78,18 @@ def ar_loss(model: LLaDAModelLM, input_ids: torch.LongTensor, prompt_lengths: to
 
 
 def mdm_loss(
-    model: LLaDAModelLM, input_ids: torch.LongTensor, prompt_lengths: torch.Tensor, generator: torch.Generator
+    model: LLaDAModelLM,
+    input_ids: torch.LongTensor,
+    prompt_lengths: torch.Tensor,
+    generator: torch.Generator,
+    **reweighting: float,
 ) -> torch.Tensor:
-    """The package's masked-diffusion losses: pre-training ELBO if no row has a prompt, else SFT (prompt kept)."""
+    """The package's masked-diffusion losses: pre-training ELBO if no row has a prompt, else SFT (prompt kept).
+
+    `reweighting`: `reweight_gamma` / `reweight_alpha`, the package's token-level reweighting (Ye et al. 2025)."""
     if bool((prompt_lengths == 0).all()):
-        return pretraining_loss(model, input_ids, random_length_prob=0.0, generator=generator)
-    return sft_loss(model, input_ids, prompt_lengths, generator=generator)
+        return pretraining_loss(model, input_ids, random_length_prob=0.0, generator=generator, **reweighting)
+    return sft_loss(model, input_ids, prompt_lengths, generator=generator, **reweighting)
 
 
 Batch = tuple[torch.LongTensor, torch.Tensor]  # (input_ids (B, T), prompt_lengths (B,))
@@ -99,8 +105,14 @@ def train(
     warmup: int = 100,
     weight_decay: float = 0.01,
     log_every: int = 0,
+    reweight_gamma: float = 0.0,
 ) -> dict[str, Any]:
-    """AdamW, linear warm-up then cosine decay to 10 %; `kind` is "mdm" or "ar". Returns loss curve and wall time."""
+    """AdamW, linear warm-up then cosine decay to 10 %; `kind` is "mdm" or "ar". Returns loss curve and wall time.
+
+    `reweight_gamma` > 0 (MDM only): token-level reweighting of the diffusion loss (alpha 1; Adam is invariant to a
+    constant scale of the loss, up to gradient clipping)."""
+    if reweight_gamma and kind != "mdm":
+        raise ValueError("reweight_gamma applies to the masked-diffusion loss only")
     if kind not in ("mdm", "ar"):
         raise ValueError(kind)
     model.train()
@@ -118,7 +130,7 @@ def train(
     for step in range(steps):
         input_ids, prompt_lengths = next_batch(step)
         if kind == "mdm":
-            loss = mdm_loss(model, input_ids, prompt_lengths, generator)
+            loss = mdm_loss(model, input_ids, prompt_lengths, generator, reweight_gamma=reweight_gamma)
         else:
             loss = ar_loss(model, input_ids, prompt_lengths)
         optimizer.zero_grad(set_to_none=True)

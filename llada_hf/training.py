@@ -38,6 +38,7 @@ from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArg
 from .hub import load_hub_config
 from .loading import resolve_mask_token_id
 from .modeling import LLaDAConfig, LLaDAModelLM, masked_diffusion_loss
+from .modeling.modeling_llada import check_token_reweighting
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +135,8 @@ def pretraining_loss(
     eps: float = DEFAULT_EPS,
     random_length_prob: float = 0.0,
     generator: torch.Generator | None = None,
+    reweight_gamma: float = 0.0,
+    reweight_alpha: float = 1.0,
 ) -> torch.Tensor:
     """Pre-training ELBO of a batch (one forward): sum(CE / p_mask) / (b * l).
 
@@ -141,7 +144,8 @@ def pretraining_loss(
     normalised by its own length (the sum of its mask): (1/b) sum_i sum(CE / p_mask) / l_i. `random_length_prob`
     (default 0, as `DiffusionCollator`; the paper uses `PAPER_RANDOM_LENGTH_PROB`) cuts the batch to a random length
     first. RNG draws, in order: rand(1) [, randint] for that rule (skipped when the probability is 0), then rand(b),
-    rand(b, l). Works with a peft-wrapped model too.
+    rand(b, l). Works with a peft-wrapped model too. `reweight_gamma` / `reweight_alpha`: token-level reweighting
+    (`diffusion_loss`).
     """
     input_ids = random_length_crop(input_ids, random_length_prob, generator)
     maskable = normalizer = None
@@ -153,7 +157,9 @@ def pretraining_loss(
         input_ids, resolve_mask_token_id(model, mask_token_id), eps=eps, generator=generator, maskable=maskable
     )
     logits = model(input_ids=noisy, attention_mask=attention_mask).logits
-    return diffusion_loss(logits, labels, p_mask, normalizer)
+    return diffusion_loss(
+        logits, labels, p_mask, normalizer, reweight_gamma=reweight_gamma, reweight_alpha=reweight_alpha
+    )
 
 
 def sft_loss(
@@ -164,11 +170,14 @@ def sft_loss(
     mask_token_id: int | None = None,
     eps: float = DEFAULT_EPS,
     generator: torch.Generator | None = None,
+    reweight_gamma: float = 0.0,
+    reweight_alpha: float = 1.0,
 ) -> torch.Tensor:
     """SFT loss of EOS-padded [prompt | answer] rows: masked answer tokens' CE / p_mask / answer length, then / b.
 
     The answer length counts everything after the prompt, EOS padding included (the padding is a target: it teaches
-    the model where answers end). RNG draws: rand(b), rand(b, l).
+    the model where answers end). RNG draws: rand(b), rand(b, l). `reweight_gamma` / `reweight_alpha`: token-level
+    reweighting (`diffusion_loss`).
     """
     prompt_lengths = torch.as_tensor(prompt_lengths, device=input_ids.device)
     noisy, labels, p_mask = forward_process(
@@ -179,7 +188,10 @@ def sft_loss(
         prompt_lengths=prompt_lengths,
     )
     answer_lengths = (input_ids.shape[1] - prompt_lengths).float()
-    return diffusion_loss(model(input_ids=noisy).logits, labels, p_mask, answer_lengths)
+    logits = model(input_ids=noisy).logits
+    return diffusion_loss(
+        logits, labels, p_mask, answer_lengths, reweight_gamma=reweight_gamma, reweight_alpha=reweight_alpha
+    )
 
 
 def annealed_attention_mask(
@@ -686,7 +698,9 @@ class DiffusionTrainer(Trainer):
     the Trainer divides it by the accumulation steps (`loss_is_scaled_for_ga = False`). Only public `Trainer` hooks
     are used; `remove_unused_columns` is turned off (the collator reads `prompt_length` and `sample_index`).
     `attention_anneal_steps > 0` trains with `annealed_attention_mask`, from causal to full over that many steps
-    (AR -> diffusion adaptation). `create_model_card` adds the objective and the data reports to the Trainer's card.
+    (AR -> diffusion adaptation). `reweight_gamma` > 0 trains with token-level reweighting (`diffusion_loss`);
+    `eval_loss` stays the plain ELBO term, so runs with and without it compare on one scale. `create_model_card` adds
+    the objective and the data reports to the Trainer's card.
     """
 
     loss_is_scaled_for_ga = False
@@ -701,8 +715,11 @@ class DiffusionTrainer(Trainer):
         processing_class: Any = None,
         *,
         attention_anneal_steps: int = 0,
+        reweight_gamma: float = 0.0,
+        reweight_alpha: float = 1.0,
         **kwargs: Any,
     ) -> None:
+        check_token_reweighting(reweight_gamma, reweight_alpha)
         if not isinstance(data_collator, DiffusionCollator):
             raise TypeError("DiffusionTrainer needs a DiffusionCollator as data_collator.")
         args = args if args is not None else TrainingArguments(output_dir="trainer_output")
@@ -731,6 +748,7 @@ class DiffusionTrainer(Trainer):
         if self.args.label_names is None and "labels" not in self.label_names:
             self.label_names = ["labels"]  # evaluation computes the loss from the batch's labels
         self.attention_anneal_steps = attention_anneal_steps
+        self.reweight_gamma, self.reweight_alpha = reweight_gamma, reweight_alpha
         self.noise_epoch = 0
         self.add_callback(_NoiseEpoch(self))
 
@@ -759,7 +777,12 @@ class DiffusionTrainer(Trainer):
                 dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
                 attention_mask = annealed_attention_mask(ids.shape[1], progress, attention_mask, dtype, ids.device)
         outputs = model(input_ids=noised["input_ids"], attention_mask=attention_mask)
-        loss = diffusion_loss(outputs.logits, noised["labels"], noised["p_mask"], noised["loss_normalizer"])
+        reweighting = (
+            dict(reweight_gamma=self.reweight_gamma, reweight_alpha=self.reweight_alpha) if model.training else {}
+        )
+        loss = diffusion_loss(
+            outputs.logits, noised["labels"], noised["p_mask"], noised["loss_normalizer"], **reweighting
+        )
         return (loss, outputs) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -787,6 +810,12 @@ class DiffusionTrainer(Trainer):
             f"A LLaDA masked-diffusion language model trained with `llada_hf` ({self.model.__class__.__name__}). "
             f"Objective: {objective}. p_mask = (1 - eps) t + eps with t ~ U(0, 1) per row, eps = {collator.eps}; "
             f"max_length {collator.max_length}; noise seed {self.noise_seed}"
+            + (
+                f"; token-level reweighting alpha (1 - exp(-CE))^gamma CE with alpha {self.reweight_alpha}, "
+                f"gamma {self.reweight_gamma} (Ye et al. 2025; eval_loss unweighted)"
+                if self.reweight_gamma or self.reweight_alpha != 1.0
+                else ""
+            )
             + (
                 f"; attention annealed from causal to full over {n} steps."
                 if (n := self.attention_anneal_steps)
@@ -1072,6 +1101,11 @@ class DataArguments:
         default=PAPER_RANDOM_LENGTH_PROB, metadata={"help": "Pre-training: share of rows cut to a random length"}
     )
     attention_anneal_steps: int = field(default=0, metadata={"help": "Causal -> full attention over N steps"})
+    reweight_gamma: float = field(
+        default=0.0,
+        metadata={"help": "Token-level reweighting alpha (1 - exp(-CE))^gamma CE (Ye et al. 2025); 0: plain loss"},
+    )
+    reweight_alpha: float = field(default=1.0, metadata={"help": "Scale of the token-level reweighting"})
 
 
 def _load_tokenizer(model_args: ModelArguments) -> Any:
@@ -1163,6 +1197,10 @@ def train_main(argv: list[str] | None = None) -> int:
 
         datasets.disable_progress_bars()
     try:
+        try:
+            check_token_reweighting(data_args.reweight_gamma, data_args.reweight_alpha)
+        except ValueError as error:
+            raise DataError(f"--{error}") from None
         tokenizer = _load_tokenizer(model_args)
         config = _load_config(model_args)
         pad = config.pad_token_id if config.pad_token_id is not None else config.eos_token_id
@@ -1201,6 +1239,8 @@ def train_main(argv: list[str] | None = None) -> int:
         data_collator=collator,
         processing_class=tokenizer,
         attention_anneal_steps=data_args.attention_anneal_steps,
+        reweight_gamma=data_args.reweight_gamma,
+        reweight_alpha=data_args.reweight_alpha,
     )
     trainer.data_reports.update({f"{report.name} ({report.source})": report for report in reports})
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)

@@ -9,6 +9,7 @@ Official checkpoints (`model.transformer.blocks.{i}.q_proj`, ...) load unchanged
 `model_type="llada"` renames their keys to the Llama-style names used here at load time.
 """
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -412,11 +413,22 @@ def _host_checkable(tensor: torch.Tensor) -> bool:
     return tensor.device.type == "cpu" and tensor.numel() > 0 and not torch.compiler.is_compiling()
 
 
+def check_token_reweighting(gamma: float, alpha: float) -> None:
+    """Refuse reweighting settings that would silently give a wrong loss (nan, inf, negative exponent or scale)."""
+    if not (isinstance(gamma, (int, float)) and math.isfinite(gamma) and gamma >= 0):
+        raise ValueError(f"reweight_gamma must be a finite number >= 0 (0: no reweighting), got {gamma!r}.")
+    if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
+        raise ValueError(f"reweight_alpha must be a finite number > 0, got {alpha!r}.")
+
+
 def masked_diffusion_loss(
     logits: torch.Tensor,
     labels: torch.LongTensor,
     p_mask: torch.Tensor | None = None,
     normalizer: torch.Tensor | None = None,
+    *,
+    reweight_gamma: float = 0.0,
+    reweight_alpha: float = 1.0,
 ) -> torch.Tensor:
     """The masked-diffusion loss: (1/b) sum_i (1/n_i) sum_{j: label != -100} CE(logits_ij, label_ij) / p_ij, in fp32.
 
@@ -427,7 +439,14 @@ def masked_diffusion_loss(
 
     `p_mask` is required: without the 1/p_mask weights the sum is not the diffusion ELBO, and the autoregressive habit
     `model(input_ids, labels=input_ids)` (no masking, unshifted CE) would train the model to copy its input.
+
+    Token-level reweighting (Ye et al. 2025, "Beyond Autoregression", arXiv:2410.14157): with `reweight_gamma` > 0
+    each token's CE u is replaced by alpha (1 - exp(-u))^gamma u, the focal form of their adaptive weight, which
+    shifts the gradient toward tokens the model still gets wrong (1 - exp(-u) is one minus the probability of the
+    right token). The weight is not detached (as in a focal loss). gamma = 0, alpha = 1 is the plain ELBO term; the
+    paper's code defaults to alpha 0.25, gamma 2. Training only: a reweighted sum is no longer a likelihood bound.
     """
+    check_token_reweighting(reweight_gamma, reweight_alpha)
     if p_mask is None:
         raise ValueError(
             "labels without p_mask: a masked-diffusion loss needs the noised input_ids, labels at the masked "
@@ -438,6 +457,8 @@ def masked_diffusion_loss(
             "the batch and pass `labels=` and `p_mask=` from it."
         )
     token_loss = F.cross_entropy(logits.float().transpose(1, 2), labels.to(logits.device), reduction="none")
+    if reweight_gamma != 0.0 or reweight_alpha != 1.0:
+        token_loss = reweight_alpha * (1 - torch.exp(-token_loss)).pow(reweight_gamma) * token_loss
     weight = (labels != -100).to(token_loss.device) / p_mask.to(token_loss.device).float()
     per_row = (token_loss * weight).sum(-1)
     b, length = labels.shape
