@@ -127,9 +127,24 @@ def cmd_memory(args: argparse.Namespace) -> int:
     return memory_main(args)
 
 
+def _with_model_arg(rest: list[str], key: str, value: str) -> list[str]:
+    """lm-eval's arguments with `key=value` appended to `--model_args` (added when absent)."""
+    rest = list(rest)
+    for i, arg in enumerate(rest):
+        if arg == "--model_args" and i + 1 < len(rest):
+            rest[i + 1] = f"{rest[i + 1]},{key}={value}" if rest[i + 1] else f"{key}={value}"
+            return rest
+        if arg.startswith("--model_args="):
+            rest[i] = f"{arg},{key}={value}" if arg != "--model_args=" else f"{arg}{key}={value}"
+            return rest
+    return [*rest, "--model_args", f"{key}={value}"]
+
+
 def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
     from .lm_eval_backend import main as lm_eval_main
 
+    if args.quantize:  # the backend's `quantize=` model argument (HFLM takes no quantisation config from the CLI)
+        rest = _with_model_arg(rest, "quantize", args.quantize)
     lm_eval_main(rest)
     return 0
 
@@ -167,7 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_memory_args(memory)
 
     sub.add_parser("train", help="train or fine-tune (see `llada-hf train --help`)", add_help=False)
-    sub.add_parser("eval", help="lm-eval with the llada_hf backend (lm_eval's arguments)", add_help=False)
+    evaluate = sub.add_parser("eval", help="lm-eval with the llada_hf backend (lm_eval's arguments)", add_help=False)
+    from .quantize import QUANTIZE_CHOICES
+
+    evaluate.add_argument(
+        "--quantize", choices=QUANTIZE_CHOICES, default=None,
+        help="quantise on load (int8 / int4 torchao, nf4 bitsandbytes on CUDA): `quantize=` in --model_args",
+    )  # fmt: skip
     return parser
 
 

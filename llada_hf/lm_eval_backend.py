@@ -169,6 +169,7 @@ class LLaDAEvalHarness(HFLM):
         max_new_tokens (= gen_length), steps, block_length, remasking, temperature, suppress_eos_logits
             (= logits_eos_inf), suppress_eos_confidence (= confidence_eos_eot_inf): generation (`generate()`).
         mask_id: mask token id (default: the model config's).
+        quantize: int8 / int4 (torchao) or nf4 (bitsandbytes, CUDA) weights, as `llada_hf.quantize` (`--quantize`).
     `--batch_size` is rows per forward (scoring) and prompts per `generate()` call, capped by `max_batch_size`.
     """
 
@@ -205,6 +206,7 @@ class LLaDAEvalHarness(HFLM):
                 logger.warning("llada_hf: device %s requested but CUDA is not available; using the CPU.", device)
             device = "cuda" if torch.cuda.is_available() else "cpu"
         kwargs.setdefault("backend", "causal")
+        self._quantize = kwargs.pop("quantize", None) or None
         super().__init__(pretrained, dtype=dtype, device=device, max_batch_size=max_batch_size or 64, **kwargs)
         self.max_batch_cap = None if max_batch_size is None else int(max_batch_size)
         self.preset, self.method, self.seed = preset, method, int(seed)
@@ -227,6 +229,15 @@ class LLaDAEvalHarness(HFLM):
         self._chat_templated = self._warned = False
         self._task = None
         self.likelihood_settings(None)  # fail now when the explicit settings cannot work
+
+    def _create_model(self, *args: Any, quantization_config: Any = None, **kwargs: Any) -> None:
+        """HFLM's loading, with `quantize=` turned into from_pretrained's `quantization_config` (HFLM reads one only
+        from a checkpoint's config)."""
+        if self._quantize is not None:
+            from .quantize import quantization_config as config_for
+
+            quantization_config = config_for(self._quantize)
+        super()._create_model(*args, quantization_config=quantization_config, **kwargs)
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> LLaDAEvalHarness:

@@ -1,6 +1,8 @@
 """Quantised inference (`llada_hf.quantize`, `--quantize`): torchao int8 / int4 weight-only on CPU, bitsandbytes nf4
 on a GPU. The torchao tests skip when torchao is not installed (it is the optional `[quant]` extra)."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -113,3 +115,32 @@ def test_gpu_quantised_demo_answers(name):
     pytest.importorskip("bitsandbytes" if name == "nf4" else "torchao")
     model, tokenizer = load_quantized(None, name, dtype="bfloat16" if name == "nf4" else "auto")
     assert answer_questions(model, tokenizer, list(DEMO_PROMPTS)) == EXPECTED
+
+
+@needs_torchao
+def test_eval_quantize_reaches_the_lm_eval_backend(monkeypatch):
+    """`llada-hf eval --quantize int8` becomes the backend's `quantize=int8`, which loads quantised linears through
+    HFLM's from_pretrained; the quantised demo model still answers its demo prompts through generate_until."""
+    pytest.importorskip("lm_eval")
+    from lm_eval.api.instance import Instance
+
+    import llada_hf.lm_eval_backend as backend
+    from llada_hf import cli
+
+    seen = []
+    monkeypatch.setattr(backend, "main", lambda argv: seen.append(argv))
+    assert cli.main(["eval", "--quantize", "int8", "--model", "llada_hf", "--model_args", "pretrained=x"]) == 0
+    assert cli.main(["eval", "--model_args=pretrained=x", "--quantize", "int4"]) == 0
+    assert cli.main(["eval", "--tasks", "t"]) == 0
+    assert seen == [["--model", "llada_hf", "--model_args", "pretrained=x,quantize=int8"],
+                    ["--model_args=pretrained=x,quantize=int4"], ["--tasks", "t"]]  # fmt: skip
+
+    demo = str(Path(backend.__file__).parent / "assets" / "demo")
+    lm = backend.LLaDAEvalHarness.create_from_arg_string(f"pretrained={demo},dtype=float32,device=cpu,quantize=int8")
+    assert quantized_linear_count(lm.model) == LINEARS
+    plain = backend.LLaDAEvalHarness(pretrained=demo, dtype="float32", device="cpu")
+    assert quantized_linear_count(plain.model) == 0
+    contexts = [lm.apply_chat_template([{"role": "user", "content": q}]) for q in DEMO_PROMPTS]
+    requests = [Instance("generate_until", {}, (c, {"until": ["<|eot_id|>"], "max_gen_toks": 16}), i)
+                for i, c in enumerate(contexts)]  # fmt: skip
+    assert [text.strip() for text in lm.generate_until(requests, disable_tqdm=True)] == EXPECTED
