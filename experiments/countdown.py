@@ -39,12 +39,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import multiprocessing
 import random
 import re
 import statistics
 import sys
 import time
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -189,9 +191,9 @@ class Countdown:
         return next_batch
 
 
-def evaluate(model, kind: str, task: Countdown, problems, threshold: float | None = None, batch_size: int = 250):
-    """Valid-path accuracy (exact match), agreement with the generator's path, and for the MDM the threshold decode
-    (one problem at a time, so each problem's forwards are counted) and the decoding order."""
+def evaluate(model, kind: str, task: Countdown, problems, batch_size: int = 250) -> dict:
+    """Valid-path accuracy (exact match), agreement with the generator's path, and for the MDM (easy-first, one token
+    per forward) its decoding order."""
     prompts, answers = task.tensors(problems)
     outputs, steps = [], []
     for i in range(0, len(prompts), batch_size):
@@ -216,15 +218,21 @@ def evaluate(model, kind: str, task: Countdown, problems, threshold: float | Non
         # The last equation (it holds the target) committed before the first one (mean commit step per equation).
         first, last = step[:, :5].mean(-1), step[:, -6:-1].mean(-1)
         record["last_equation_first"] = float((last < first).float().mean())
-    if threshold is not None and kind == "mdm":
-        correct, forwards = [], []
-        for (numbers, target, _), prompt in zip(problems, prompts):
-            output, nfe = mdm_decode(model, prompt[None], task.answer_length, threshold=threshold)
-            correct.append(check_path(numbers, target, task.decode_answer(output[0].tolist())))
-            forwards.append(nfe)
-        record["threshold_accuracy"] = statistics.fmean(correct)
-        record["threshold_tokens_per_forward"] = task.answer_length / statistics.fmean(forwards)
     return record
+
+
+def evaluate_threshold(model, task: Countdown, problems, threshold: float) -> dict:
+    """Confidence-threshold decoding, one problem at a time so that each problem's forwards are counted."""
+    prompts, _ = task.tensors(problems)
+    correct, forwards = [], []
+    for (numbers, target, _), prompt in zip(problems, prompts):
+        output, nfe = mdm_decode(model, prompt[None], task.answer_length, threshold=threshold)
+        correct.append(check_path(numbers, target, task.decode_answer(output[0].tolist())))
+        forwards.append(nfe)
+    return {
+        "threshold_accuracy": statistics.fmean(correct),
+        "threshold_tokens_per_forward": task.answer_length / statistics.fmean(forwards),
+    }
 
 
 class _Tee(io.StringIO):
@@ -239,42 +247,61 @@ class _Tee(io.StringIO):
         return super().write(text)
 
 
-def run_one(kind: str, seed: int, lr: float, args, task: Countdown, test, validation=None, gamma: float = 0.0):
+def run_one(kind: str, seed: int, lr: float, gamma: float, args, task: Countdown, test, validation=None) -> dict:
+    """Train one model and evaluate it (test; validation if given; for the MDM also the threshold decode)."""
+    setup(args.threads)
     backbone = Backbone(args.hidden, args.layers, 4, 3 * args.hidden)
     model = build_model(backbone, task.vocab_size, task.prompt_length + task.answer_length, seed)
-    log_every = max(args.steps // 20, 1)
+    start = time.process_time()
     with contextlib.redirect_stdout(_Tee(sys.stdout)) as log:
         record = train(
             model, kind, task.batches(args.batch_size, seed), args.steps, lr, seed,
-            warmup=min(100, args.steps // 10), log_every=log_every, reweight_gamma=gamma,
+            warmup=min(100, args.steps // 10), log_every=max(args.steps // 20, 1), reweight_gamma=gamma,
         )  # fmt: skip
+    record["train_cpu_s"] = round(time.process_time() - start, 1)
     record["loss_curve"] = [[int(a), float(b)] for a, b in re.findall(r"step (\d+)/\d+ loss ([\d.]+)", log.getvalue())]
-    record.update(evaluate(model, kind, task, test, threshold=args.threshold))
+    record.update(evaluate(model, kind, task, test))
     if validation is not None:
         record["validation_accuracy"] = evaluate(model, kind, task, validation)["accuracy"]
-    record.update(kind=kind, seed=seed, lr=lr, gamma=gamma)
-    shown = ", ".join(f"{k} {v}" for k, v in record.items() if k not in ("kind", "seed", "lr", "samples"))
+    if kind == "mdm":
+        record.update(evaluate_threshold(model, task, test, args.threshold))
+    record.update(kind=kind, seed=seed, lr=lr, gamma=gamma, cpu_s=round(time.process_time() - start, 1))
+    hidden = ("kind", "seed", "lr", "samples", "loss_curve", "commit_step")
+    shown = ", ".join(f"{k} {v}" for k, v in record.items() if k not in hidden)
     print(f"  {kind} gamma {gamma:g} seed {seed} lr {lr:g}: {shown}", flush=True)
     return record
+
+
+def run_all(jobs: list[tuple], args, task: Countdown, test, validation) -> list[dict]:
+    """`run_one` for each (kind, seed, lr, gamma, use validation); in `args.jobs` processes (one thread each) when
+    > 1: the runs are independent and seeded, so the results do not depend on it."""
+    calls = [
+        (kind, seed, lr, gamma, args, task, test, validation if use else None) for kind, seed, lr, gamma, use in jobs
+    ]
+    if args.jobs <= 1:
+        return [run_one(*call) for call in calls]
+    with ProcessPoolExecutor(min(args.jobs, len(calls)), mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(run_one, *zip(*calls)))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common_arguments(parser, seeds=2)
     parser.add_argument("--operands", type=int, default=3, help="3 (CD3) or 4 (CD4)")
-    parser.add_argument("--max-operand", type=int, default=20)
+    parser.add_argument("--max-operand", type=int, default=10)
     parser.add_argument("--max-value", type=int, default=100, help="largest intermediate result / target")
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--layers", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lrs", default="1e-3,3e-3", help="learning-rate sweep (seed 0, validation accuracy)")
     parser.add_argument("--gamma", type=float, default=2.0, help="token-level reweighting of the ablation row")
     parser.add_argument("--threshold", type=float, default=0.9, help="confidence threshold of the parallel decode")
     parser.add_argument("--test-size", type=int, default=500)
+    parser.add_argument("--jobs", type=int, default=1, help="training runs in parallel processes (one thread each)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.steps, args.lrs, args.seeds, args.test_size = 12, "3e-3", min(args.seeds, 1), 12
+        args.steps, args.lrs, args.seeds, args.test_size = 12, "1e-3,3e-3", min(args.seeds, 1), 12
         args.hidden, args.layers = 32, 1
     setup(args.threads)
     start = time.time()
@@ -287,18 +314,23 @@ def main(argv: list[str] | None = None) -> int:
     print(f"countdown: {args.operands} numbers in 1..{args.max_operand}, values <= {args.max_value}, "
           f"sequence length {task.prompt_length + task.answer_length}, vocabulary {task.vocab_size}")  # fmt: skip
     lrs = [float(x) for x in args.lrs.split(",")]
-    rows = {"mdm": ("mdm", 0.0), "ar": ("ar", 0.0), "mdm_reweighted": ("mdm", args.gamma)}
-    sweep, runs, best_lr = {}, {}, {}
-    for name in ("mdm", "ar"):
-        kind, gamma = rows[name]
-        sweep[name] = [run_one(kind, 0, lr, args, task, test, validation if len(lrs) > 1 else None) for lr in lrs]
-        best = max(sweep[name], key=lambda r: (r.get("validation_accuracy", 0.0), -r["final_loss"]))
-        best_lr[name] = best["lr"]
-        runs[name] = [best] + [run_one(kind, s, best["lr"], args, task, test) for s in range(1, args.seeds)]
+    # Phase 1: the learning-rate sweep (seed 0, selection on validation); phase 2: the other seeds and the ablation.
+    use_validation = len(lrs) > 1
+    swept = run_all([(kind, 0, lr, 0.0, use_validation) for kind in ("mdm", "ar") for lr in lrs], args, task, test,
+                    validation)  # fmt: skip
+    sweep = {kind: [r for r in swept if r["kind"] == kind] for kind in ("mdm", "ar")}
+    best = {
+        kind: max(sweep[kind], key=lambda r: (r.get("validation_accuracy", 0.0), -r["final_loss"])) for kind in sweep
+    }
+    best_lr = {kind: best[kind]["lr"] for kind in sweep}
     best_lr["mdm_reweighted"] = best_lr["mdm"]
-    runs["mdm_reweighted"] = [
-        run_one("mdm", s, best_lr["mdm"], args, task, test, gamma=args.gamma) for s in range(args.seeds)
-    ]
+    jobs = [(kind, seed, best_lr[kind], 0.0, False) for kind in ("mdm", "ar") for seed in range(1, args.seeds)]
+    jobs += [("mdm", seed, best_lr["mdm"], args.gamma, False) for seed in range(args.seeds)]
+    rest = run_all(jobs, args, task, test, validation)
+    runs = {
+        kind: [best[kind]] + [r for r in rest if r["kind"] == kind and r["gamma"] == 0.0] for kind in ("mdm", "ar")
+    }
+    runs["mdm_reweighted"] = [r for r in rest if r["gamma"] != 0.0]
     wall = round(time.time() - start, 1)
 
     summary = {name: {"accuracy": mean_std([r["accuracy"] for r in runs[name]])} for name in runs}
@@ -327,6 +359,8 @@ LABELS = {
 
 def report(command, wall, args, task, runs, sweep, best_lr, summary) -> str:
     s = summary
+    cpu = sum(r["cpu_s"] for name in sweep for r in sweep[name]) + sum(r["cpu_s"] for r in runs["mdm_reweighted"])
+    cpu += sum(r["cpu_s"] for name in ("mdm", "ar") for r in runs[name][1:])
     tpf = {name: f"{s[name]['threshold_tokens_per_forward']['mean']:.2f}" for name in ("mdm", "mdm_reweighted")}
     rows = [
         [LABELS["mdm"], fmt_pct(s["mdm"]["accuracy"]), "1.00", f"{best_lr['mdm']:g}"],
@@ -353,7 +387,8 @@ def report(command, wall, args, task, runs, sweep, best_lr, summary) -> str:
     ]  # fmt: skip
     order = fmt_pct(s["mdm"]["last_equation_first"])
     return (
-        f"# Countdown (CD{args.operands})\n\n`{command}` ({wall:.0f} s, {args.threads} thread(s))\n\n"
+        f"# Countdown (CD{args.operands})\n\n`{command}` ({wall:.0f} s wall, {args.jobs} process(es) x {args.threads} "
+        f"thread(s); the runs' CPU time adds up to {cpu:.0f} s)\n\n"
         f"{args.operands} numbers in 1..{args.max_operand} and a target; every result (and the target) in "
         f"1..{args.max_value}; +, -, *, / with integer results. {args.test_size} held-out test problems (never in "
         f"training, nor the {args.test_size} validation problems). Backbone {args.hidden} wide, {args.layers} layers, "

@@ -133,6 +133,11 @@ def test_quick_run_writes_results(tmp_path):
         assert data["summary"][name]["accuracy"]["n"] == len(runs)
         assert all(0.0 <= r["accuracy"] <= 1.0 and r["lr"] == data["best_lr"][name] for r in runs)
     assert all(r["gamma"] == 2.0 for r in data["runs"]["mdm_reweighted"])
+    for kind in ("mdm", "ar"):  # the learning rate comes from the validation sweep
+        sweep = data["sweep"][kind]
+        assert len(sweep) == 2 and all(0.0 <= r["validation_accuracy"] <= 1.0 for r in sweep)
+        assert data["best_lr"][kind] in [r["lr"] for r in sweep]
+        assert data["runs"][kind][0]["loss_curve"] and data["runs"][kind][0]["seed"] == 0
     for name in ("mdm", "mdm_reweighted"):
         tokens_per_forward = data["summary"][name]["threshold_tokens_per_forward"]["mean"]
         assert 1.0 <= tokens_per_forward <= Countdown().answer_length
