@@ -452,23 +452,26 @@ def plot(results: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     tasks = results["tasks"]
     fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False)
     for ax, res in zip(axes[0], tasks):
         shown = [r for r in res["rows"] if "(A/A)" not in r["variant"] and "B1" in r]
-        for i, r in enumerate(shown):
+        for r in shown:
             ar, compiled = r["variant"].startswith("AR"), eager_twin(r["variant"]) is not None
             marker = {(True, False): "s", (True, True): "D", (False, False): "o", (False, True): "^"}[(ar, compiled)]
             x, y = r["B1"]["ms_per_answer"], 100 * r["accuracy"]
-            ax.plot([x], [y], marker, markersize=7)
-            ax.annotate(r["variant"].replace("MDM ", ""), (x, y), textcoords="offset points",
-                        xytext=(5, 6 - 12 * (i % 3)), fontsize=7)  # fmt: skip
+            ax.plot([x], [y], marker, markersize=7, label=r["variant"].replace("generate() ", ""))
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("ms per answer, B=1 (CPU, 1 thread; log scale)")
         ax.set_ylabel("exact match (%)")
         ax.set_title(f"{res['task']}: accuracy vs time per answer", fontsize=10)
-        ax.margins(x=0.25, y=0.1)
+        ax.margins(x=0.15, y=0.1)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     fig.savefig(path, dpi=120, bbox_inches="tight")
 
 
