@@ -446,7 +446,7 @@ def plot(result: dict, tau: float, title: str):
     ax.set_ylabel("training loss (mean over log interval)")
     ax.set_yscale("log")
     ax.legend(fontsize=8)
-    ax.set_title("loss curves (all seeds)", fontsize=10)
+    ax.set_title("loss curves, all seeds (each model's own objective)", fontsize=10)
     return fig
 
 
