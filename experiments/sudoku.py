@@ -305,7 +305,7 @@ LOG_LINE = re.compile(r"\[(?:mdm|ar)\] step (\d+)/\d+ loss ([0-9.]+)")
 
 def run_one(variant: str, seed: int, lr: float, args, task: Sudoku, test, validation=None) -> dict:
     """Train one model (variant "mdm", "ar" or "mdm_rw") and score it; the loss curve comes from train()'s log."""
-    kind = "ar" if variant == "ar" else "mdm"
+    kind, seed = "ar" if variant == "ar" else "mdm", seed + args.seed_offset
     gamma = args.reweight_gamma if variant == "mdm_rw" else 0.0
     model = build_model(Backbone(**args.backbone), task.vocab_size, task.prompt_length + task.answer_length, seed)
     log, seen = Tee(sys.stdout), set()
@@ -345,7 +345,7 @@ def run_all(task: Sudoku, args) -> dict:
         if len(candidates) > 1:
             sweep[variant] = [run_one(variant, 0, lr, args, task, test, validation) for lr in candidates]
             best = select(sweep[variant])
-        elif variant == "mdm_rw" and candidates[0] == best_lr["mdm"]:
+        elif variant == "mdm_rw" and candidates[0] == best_lr.get("mdm"):
             best = run_one(variant, 0, candidates[0], args, task, test)
         else:
             best = run_one(variant, 0, candidates[0], args, task, test, validation)
@@ -469,6 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-size", type=int, default=500)
     parser.add_argument("--log-every", type=int, default=25)
     parser.add_argument("--variants", default="mdm,ar,mdm_rw", help="subset for pilots (the report needs all three)")
+    parser.add_argument("--seed-offset", type=int, default=0, help="pilots: seeds start here")
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.batch_size, args.pool_size, args.lrs, args.log_every = 4, 8, 30, "3e-3,1e-2", 2
