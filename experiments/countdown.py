@@ -30,8 +30,15 @@ Models (same backbone, data, steps and training loop, SFT: the prompt is never a
 Learning rate per model from a sweep on the validation set (seed 0); other seeds at the chosen rate; the reweighted
 MDM uses the plain MDM's rate.
 
-    python experiments/countdown.py --seeds 2        # full run, one CPU thread
-    python experiments/countdown.py --quick          # seconds
+Size (defaults): CD3 with numbers in 1..10 and every value <= 100, a 64-wide 3-layer backbone, 1500 steps x batch
+64. Why: 8 training runs (2-lr sweep per model, a second seed, the reweighted MDM at 2 seeds) must fit about 25 min of
+one CPU thread (a step costs ~85 ms of CPU here); CD4 answers are 50 % longer (18 tokens vs 12) and their search one
+level deeper, and numbers up to 20 give ~5x more distinct problems (pilot MDMs after 300 steps: loss 1.63 on 1..20,
+1.21 on 1..10). 1..10 gives ~3000 distinct problems (2915 in 100k draws), so the 1000 held out (test + validation)
+are a third of them: the test measures generalisation to unseen number sets, not memorisation.
+
+    python experiments/countdown.py --seeds 2 --jobs 4    # full run: ~1200 s of CPU in all, 4 processes x 1 thread
+    python experiments/countdown.py --quick               # seconds
 """
 
 from __future__ import annotations
