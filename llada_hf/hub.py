@@ -20,9 +20,10 @@ def _config_root() -> Path:
 
 
 def list_hub_configs() -> list[str]:
-    """All config names, sorted (`"GSAI-ML/LLaDA-8B-Base"`, ..., `"llada_hf/tiny"`)."""
+    """All config names, sorted (`"GSAI-ML/LLaDA-8B-Base"`, ..., `"llada_hf/tiny"`): files `org/name.json` (other
+    data beside them, such as `lm_eval_presets.json`, is not a config)."""
     root = _config_root()
-    return sorted(p.relative_to(root).with_suffix("").as_posix() for p in root.rglob("*.json"))
+    return sorted(p.relative_to(root).with_suffix("").as_posix() for p in root.glob("*/*.json"))
 
 
 def hub_config_path(name: str) -> Path:

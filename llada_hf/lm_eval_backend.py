@@ -17,16 +17,18 @@ templates, request sorting and batching, and data parallelism. Only what diffusi
 - `generate_until`: `model.generate()` (the diffusion sampler), `until` passed as `stop_strings` (a row stops spending
   forwards once its final prefix holds a stop sequence), the text cut at the first stop sequence.
 
-Per-task settings (`preset=base|instruct|instruct_semi_ar|llada1.5`) follow the official evaluation; see
-`docs/EVAL.md` and `PRESETS`.
+Per-task settings (`preset=base|instruct|instruct_semi_ar|llada1.5`) follow the official evaluation; they are data,
+`hub_configs/lm_eval_presets.json` (loaded into `PRESETS`); see `docs/EVAL.md`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import sys
 from collections import defaultdict
+from importlib import resources
 from typing import Any, NamedTuple
 
 import lm_eval.models  # noqa: F401  (registers the built-in models first; get_model() skips that if ours is alone)
@@ -56,63 +58,22 @@ ALIASES = {"gen_length": "max_new_tokens", "cfg": "cfg_scale", "logits_eos_inf":
 TASK_LENGTH_KEYS = ("max_gen_toks", "max_new_tokens", "max_tokens", "max_completion_tokens")
 RENAMED = {"rows_per_forward": "batch_size", "gen_batch_size": "batch_size", "model_path": "pretrained"}
 
-_PPL = {"mc_num": 128, "mc_batch_size": 8}
-_GEN_1024 = {"max_new_tokens": 1024, "steps": 1024, "block_length": 1024}
+PRESETS_FILE = "lm_eval_presets.json"  # in the package's hub_configs
 
 
-def _gen(length: int, block: int, conf: bool = False, eos: bool = False) -> dict[str, Any]:
-    # Steps are not given by EVAL.md for Instruct / 1.5; one token per step (steps = gen_length) is assumed.
-    return {"max_new_tokens": length, "steps": length, "block_length": block,
-            "suppress_eos_confidence": "official" if conf else None, "suppress_eos_logits": eos}  # fmt: skip
+def load_presets() -> dict[str, dict[str, dict[str, Any]]]:
+    """The per-task settings tables (`preset=NAME`) from `hub_configs/lm_eval_presets.json`, without its notes
+    (keys starting with "_"). Keys are lm-eval task names; a task uses the longest key equal to its name or prefixing
+    it followed by "_". Sources and verification status: docs/EVAL.md."""
+    tables = json.loads(resources.files("llada_hf.hub_configs").joinpath(PRESETS_FILE).read_text(encoding="utf-8"))
+    return {
+        name: {task: values for task, values in table.items() if not task.startswith("_")}
+        for name, table in tables.items()
+        if not name.startswith("_")
+    }
 
 
-# Keys are lm-eval task names; a task uses the longest key equal to its name or prefixing it followed by "_".
-# Sources and verification status: docs/EVAL.md.
-PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    # LLaDA-8B-Base, lm-eval (ML-GSAI eval_llada_lm_eval.sh; paper Tab. 1 used cfg = 0 everywhere).
-    "base": {
-        "gpqa_main_n_shot": {**_PPL, "cfg": 0.5},
-        "truthfulqa_mc2": {**_PPL, "cfg": 2.0},
-        "arc_challenge": {**_PPL, "cfg": 0.5},
-        "hellaswag": {**_PPL, "cfg": 0.5},
-        "winogrande": {**_PPL, "cfg": 0.0},
-        "piqa": {**_PPL, "cfg": 0.5},
-        "mmlu": {"mc_num": 1, "mc_batch_size": 1, "cfg": 0.0},
-        "cmmlu": {"mc_num": 1, "mc_batch_size": 1, "cfg": 0.0},
-        "ceval-valid": {"mc_num": 1, "mc_batch_size": 1, "cfg": 0.0},
-        "bbh": dict(_GEN_1024),
-        "gsm8k": dict(_GEN_1024),
-        "minerva_math": dict(_GEN_1024),
-        "humaneval": dict(_GEN_1024),
-        "mbpp": dict(_GEN_1024),
-    },
-    # LLaDA-8B-Instruct, pure diffusion (EVAL.md, OpenCompass); lm-eval task mapping unverified.
-    "instruct": {
-        "mmlu": _gen(3, 3),
-        "mmlu_pro": _gen(256, 256),
-        "hellaswag": _gen(3, 3),
-        "arc_challenge": _gen(512, 512),
-        "gsm8k": _gen(512, 512, conf=True),
-        "minerva_math": _gen(512, 512, conf=True),
-        "gpqa": _gen(64, 64, conf=True),
-        "humaneval": _gen(512, 512, eos=True),
-        "mbpp": _gen(256, 256, conf=True),
-    },
-    # LLaDA-8B-Instruct with semi-autoregressive blocks (EVAL.md: better on GSM8K and Math).
-    "instruct_semi_ar": {
-        "gsm8k": _gen(256, 8),
-        "minerva_math": _gen(512, 64),
-    },
-    # LLaDA 1.5 (EVAL.md, OpenCompass); lm-eval task mapping unverified.
-    "llada1.5": {
-        "gsm8k": _gen(256, 16, conf=True),
-        "minerva_math": _gen(1024, 128, conf=True),
-        "gpqa": _gen(256, 16),
-        "humaneval": _gen(512, 32, conf=True),
-        "mbpp": _gen(512, 32, conf=True),
-        "ifeval": _gen(256, 16, conf=True),
-    },
-}
+PRESETS: dict[str, dict[str, dict[str, Any]]] = load_presets()
 
 
 def preset_for_task(preset: str | None, task_name: str | None) -> dict[str, Any]:
@@ -201,9 +162,7 @@ class LLaDAEvalHarness(HFLM):
             raise ValueError("Pass either cfg or cfg_scale, not both.")
         if "cfg_scale" in ours:
             ours["cfg"] = ours["cfg_scale"]
-        if device is None or (str(device).startswith("cuda") and not torch.cuda.is_available()):
-            if device is not None:
-                logger.warning("llada_hf: device %s requested but CUDA is not available; using the CPU.", device)
+        if device is None:  # HFLM's rule for a device it does not know (its default is the literal "cuda")
             device = "cuda" if torch.cuda.is_available() else "cpu"
         kwargs.setdefault("backend", "causal")
         self._quantize = kwargs.pop("quantize", None) or None
@@ -473,4 +432,13 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["DEFAULTS", "MODEL_NAME", "PRESETS", "LLaDAEvalHarness", "main", "preset_for_task", "register"]
+__all__ = [
+    "DEFAULTS",
+    "MODEL_NAME",
+    "PRESETS",
+    "LLaDAEvalHarness",
+    "load_presets",
+    "main",
+    "preset_for_task",
+    "register",
+]

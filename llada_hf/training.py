@@ -20,6 +20,7 @@ dataset, the epoch): the noise cannot depend on DataLoader workers, gradient acc
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import math
@@ -697,6 +698,8 @@ class DiffusionTrainer(Trainer):
     `EVAL_EPOCH`, so `eval_loss` sees the same masks every time) and computes `diffusion_loss`, normalised per batch:
     the Trainer divides it by the accumulation steps (`loss_is_scaled_for_ga = False`). Only public `Trainer` hooks
     are used; `remove_unused_columns` is turned off (the collator reads `prompt_length` and `sample_index`).
+    A model sharded at load time (`fsdp_config`) trains as it is; the Trainer's `--fsdp` is refused where accelerate
+    would not apply it (CPU: it would silently run plain DDP).
     `attention_anneal_steps > 0` trains with `annealed_attention_mask`, from causal to full over that many steps
     (AR -> diffusion adaptation). `reweight_gamma` > 0 trains with token-level reweighting (`diffusion_loss`);
     `eval_loss` stays the plain ELBO term, so runs with and without it compare on one scale. `create_model_card` adds
@@ -745,6 +748,8 @@ class DiffusionTrainer(Trainer):
             else:
                 eval_dataset = prepare(eval_dataset, "eval")
         super().__init__(model, args, data_collator, train_dataset, eval_dataset, processing_class, **kwargs)
+        if fsdp_requested(self.args) and not (self.is_fsdp_enabled or getattr(self, "is_fsdp_xla_enabled", False)):
+            raise ParallelismError(FSDP_TRAP)  # silently plain DDP otherwise (CPU)
         if self.args.label_names is None and "labels" not in self.label_names:
             self.label_names = ["labels"]  # evaluation computes the loss from the batch's labels
         self.attention_anneal_steps = attention_anneal_steps
@@ -900,14 +905,19 @@ def load_model(
     """A checkpoint (path or hub id), or a randomly initialised `TINY_CONFIGS` entry by name.
 
     `load_in_4bit` quantises the frozen base with bitsandbytes (QLoRA); it needs bitsandbytes and a CUDA device.
-    Other keyword arguments (`revision`, `attn_implementation`, ...) go to `from_pretrained`.
+    Other keyword arguments (`revision`, `attn_implementation`, `distributed_config=fsdp_config()` for FSDP2
+    sharding under `torchrun`, ...) go to `from_pretrained`.
     """
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     if name_or_path in TINY_CONFIGS:
         torch.manual_seed(seed)
         model = LLaDAModelLM(LLaDAConfig(**TINY_CONFIGS[name_or_path]))
-        return model.to(dtype) if dtype is not None else model
+        if kwargs.get("distributed_config") is None:
+            return model.to(dtype) if dtype is not None else model
+        # Sharding happens in `from_pretrained`: every rank passes the same seeded weights, each keeps its shards.
+        kwargs.update(config=model.config, state_dict=model.state_dict())
+        return LLaDAModelLM.from_pretrained(None, **kwargs, **({"dtype": dtype} if dtype is not None else {}))
     kwargs = {key: value for key, value in kwargs.items() if value is not None}
     if dtype is not None:
         kwargs["dtype"] = dtype
@@ -1041,6 +1051,96 @@ def convert_llama_to_llada(
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Sharded training (FSDP2)
+
+# The first release whose `Trainer` trains a model sharded at load time (no DDP wrap, LoRA adapters kept in sync).
+FSDP_MIN_TRANSFORMERS = "5.19"
+FSDP_TRAP = (
+    "the Trainer's --fsdp (and accelerate's FSDP config) shards only on accelerators (GPU, ...); on CPU the run "
+    "would silently fall back to plain DDP, every rank holding all weights. For FSDP on CPU (gloo) or GPU use the "
+    "native FSDP2 path: llada-hf train --fsdp_size N under torchrun --nproc_per_node N (library: "
+    "load_model(..., distributed_config=fsdp_config()))"
+)
+
+
+class ParallelismError(ValueError):
+    """A distributed setting that cannot do what it says, found before training starts."""
+
+
+def fsdp_requested(args: TrainingArguments) -> bool:
+    """Whether FSDP was asked of the Trainer/accelerate (`--fsdp ...`, or an accelerate FSDP config)."""
+    from transformers.utils import strtobool
+
+    return bool(args.fsdp) or bool(strtobool(os.environ.get("ACCELERATE_USE_FSDP", "false")))
+
+
+def fsdp_config(fsdp_size: int | None = None):
+    """`DistributedConfig(fsdp_size=N)` for `load_model` / `from_pretrained`: FSDP2 over the N processes of a
+    `torchrun` launch, on CPU (gloo) as on GPUs.
+
+    `from_pretrained` then applies torch's `fully_shard` following the model's FSDP plan (embedding, each decoder
+    layer, final norm + head, then the root): every rank keeps 1/N of each weight as a `DTensor`, gathers a layer's
+    weights for its forward and backward, and reduce-scatters the gradients, so the optimizer state is sharded too.
+    `DiffusionTrainer` trains such a model without wrapping it again (no DDP); LoRA adapters added afterwards stay
+    replicated, kept equal across ranks by the Trainer. N defaults to `WORLD_SIZE` and must equal it.
+    """
+    import transformers
+    from packaging.version import Version
+    from transformers.distributed import DistributedConfig
+
+    if Version(transformers.__version__) < Version(FSDP_MIN_TRANSFORMERS):
+        raise ParallelismError(
+            f"FSDP training of a model sharded at load time needs transformers>={FSDP_MIN_TRANSFORMERS} (Trainer "
+            f"support); this is {transformers.__version__}"
+        )
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    size = world_size if fsdp_size is None else fsdp_size
+    if size < 2 or size != world_size:
+        raise ParallelismError(
+            f"fsdp_size {size} needs exactly that many processes (torchrun --nproc_per_node {max(size, 2)}); "
+            f"WORLD_SIZE is {world_size}"
+        )
+    return DistributedConfig(fsdp_size=size)
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """True if any parameter of `model` (or of the base of a peft model) is a `DTensor` shard."""
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(param, DTensor) for param in model.parameters())
+
+
+def gather_unsharded(model: nn.Module) -> nn.Module | None:
+    """A plain (unsharded, CPU) copy of an FSDP2-sharded model or peft model on rank 0; `None` on the other ranks.
+
+    Collective: call it on every rank. Used to merge LoRA adapters after sharded training (peft cannot add a full
+    delta to `DTensor` shards). Rank 0 holds the full weights once, in CPU memory.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():  # as the Trainer does: a forward leaves the norm + head group unsharded
+        if isinstance(module, FSDPModule):
+            module.reshard()
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if torch.distributed.get_rank() != 0:
+        return None
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = copy.deepcopy(base.config)
+    config.distributed_config = None  # the copy is not sharded (and must not gather when saved)
+    model_class = next(cls for cls in type(base).__mro__ if not issubclass(cls, FSDPModule))  # FSDP<Class> -> Class
+    plain = model_class(config)
+    plain.generation_config = copy.deepcopy(base.generation_config)
+    if base is not model:  # re-create the adapters, then load base and adapter weights together
+        from peft import get_peft_model
+
+        with _quiet_peft():
+            plain = get_peft_model(plain, copy.deepcopy(model.peft_config[model.active_adapter]))
+    plain.load_state_dict(state)
+    return plain
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Command line
 
 
@@ -1069,6 +1169,11 @@ class ModelArguments:
         metadata={"help": f"Modules to adapt (space/comma-separated, or all-linear); default {DEFAULT_LORA_TARGETS}"},
     )
     load_in_4bit: bool = field(default=False, metadata={"help": "QLoRA: 4-bit base (needs bitsandbytes + CUDA)"})
+    fsdp_size: int = field(
+        default=1,
+        metadata={"help": "Shard weights, gradients and optimizer state over N processes with FSDP2 (N = torchrun "
+                  "--nproc_per_node; CPU/gloo or GPU); 1: off. Saves need --save_strategy no or --save_only_model"},
+    )  # fmt: skip
 
 
 @dataclass
@@ -1182,6 +1287,32 @@ def _training_data(data_args: DataArguments, tokenizer: Any, eos: int) -> tuple[
     return train, evaluation.add_column(INDEX_COLUMN, list(range(len(evaluation)))), reports
 
 
+def _distributed_config(model_args: ModelArguments, training_args: TrainingArguments) -> Any:
+    """`fsdp_config()` for `--fsdp_size N`, else None; refuses settings that would not shard or cannot work."""
+    if fsdp_requested(training_args):
+        if model_args.fsdp_size > 1:
+            raise ParallelismError("give either --fsdp_size (native FSDP2) or the Trainer's --fsdp, not both")
+        if training_args.device.type == "cpu":
+            raise ParallelismError(FSDP_TRAP)
+    if model_args.fsdp_size < 1:
+        raise ParallelismError(f"--fsdp_size must be 1 (off) or more, got {model_args.fsdp_size}")
+    if model_args.fsdp_size == 1:
+        return None
+    config = fsdp_config(model_args.fsdp_size)
+    if training_args.deepspeed:
+        raise ParallelismError("give either --fsdp_size (native FSDP2) or --deepspeed, not both")
+    if model_args.load_in_4bit:
+        raise ParallelismError("--fsdp_size with --load_in_4bit is not supported (4-bit weights are not sharded)")
+    if training_args.resume_from_checkpoint is not None or (
+        training_args.save_strategy != "no" and not training_args.save_only_model
+    ):
+        raise ParallelismError(
+            "the Trainer cannot checkpoint or resume the optimizer of a model sharded at load time: pass "
+            "--save_strategy no or --save_only_model (and no --resume_from_checkpoint) with --fsdp_size"
+        )
+    return config
+
+
 def train_main(argv: list[str] | None = None) -> int:
     """`llada-hf train`: masked-diffusion pre-training or SFT, full or LoRA, with `Trainer` (logging, eval, resume).
 
@@ -1201,12 +1332,13 @@ def train_main(argv: list[str] | None = None) -> int:
             check_token_reweighting(data_args.reweight_gamma, data_args.reweight_alpha)
         except ValueError as error:
             raise DataError(f"--{error}") from None
+        distributed_config = _distributed_config(model_args, training_args)
         tokenizer = _load_tokenizer(model_args)
         config = _load_config(model_args)
         pad = config.pad_token_id if config.pad_token_id is not None else config.eos_token_id
         with training_args.main_process_first(desc="dataset preparation"):
             train_dataset, eval_dataset, reports = _training_data(data_args, tokenizer, pad)
-    except (DataError, OSError) as error:  # bad data or settings, missing files or checkpoints: one line, exit 2
+    except (DataError, ParallelismError, OSError) as error:  # bad data or settings, missing files: one line, exit 2
         print(f"llada-hf train: error: {error}", file=sys.stderr)
         return 2
     for report in reports:
@@ -1215,6 +1347,7 @@ def train_main(argv: list[str] | None = None) -> int:
     model = load_model(
         model_args.model_name_or_path, model_args.dtype, model_args.load_in_4bit, training_args.seed,
         revision=model_args.model_revision, attn_implementation=model_args.attn_implementation,
+        distributed_config=distributed_config,
     )  # fmt: skip
     collator = DiffusionCollator(
         mask_token_id=config.mask_token_id,
@@ -1252,17 +1385,25 @@ def train_main(argv: list[str] | None = None) -> int:
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
     trainer.save_state()
+    gathered = False  # FSDP + LoRA: rank 0 saves a merged, unsharded copy
     if model_args.use_peft:  # the adapter in adapter/, the merged model in output_dir (not for a 4-bit base)
-        if trainer.args.should_save:
-            trainer.model.save_pretrained(Path(training_args.output_dir) / "adapter")
-        if not model_args.load_in_4bit:
+        # every rank: peft gathers the state dict of a model sharded at load time (a collective); rank 0 writes
+        trainer.model.save_pretrained(
+            Path(training_args.output_dir) / "adapter", is_main_process=trainer.args.should_save
+        )
+        if distributed_config is not None:  # peft cannot merge into DTensor shards: merge a gathered copy
+            plain, gathered = gather_unsharded(trainer.model), True
+            if plain is not None:
+                trainer.model = plain.merge_and_unload()
+        elif not model_args.load_in_4bit:
             trainer.model = trainer.model.merge_and_unload()
     sources = [report.source for report in reports if report.source and report.name == "train"]
     card = dict(dataset=sources or None, model_name=Path(training_args.output_dir).name)
     if model_args.model_name_or_path not in TINY_CONFIGS:
         card["finetuned_from"] = model_args.model_name_or_path
     trainer.create_model_card(**card)
-    trainer.save_model()  # also pushes (with the card) when --push_to_hub is set
+    if trainer.args.should_save or not gathered:  # a sharded full model: every rank joins the gather in save_model
+        trainer.save_model()  # also pushes (with the card) when --push_to_hub is set
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
@@ -1281,13 +1422,19 @@ __all__ = [
     "DataReport",
     "DiffusionCollator",
     "DiffusionTrainer",
+    "FSDP_MIN_TRANSFORMERS",
     "ModelArguments",
+    "ParallelismError",
     "annealed_attention_mask",
     "convert_llama_to_llada",
     "diffusion_loss",
     "encode_example",
     "forward_process",
+    "fsdp_config",
+    "fsdp_requested",
+    "gather_unsharded",
     "get_lora_model",
+    "is_sharded",
     "load_model",
     "load_rows",
     "load_trained",

@@ -361,6 +361,27 @@ def test_lm_eval_backend_settings_and_errors(eval_dir):
         LLaDAEvalHarness(pretrained=str(eval_dir), dtype="float32", device="cpu", rows_per_forward=4)
 
 
+def test_lm_eval_presets_are_data_and_devices_follow_hflm(eval_dir):
+    pytest.importorskip("lm_eval")
+    from importlib import resources
+
+    from llada_hf.hub import list_hub_configs
+    from llada_hf.lm_eval_backend import DEFAULTS, GEN_KEYS, PRESETS, PRESETS_FILE, LLaDAEvalHarness, load_presets
+
+    # The presets are package data beside the hub configs (notes under "_" keys), not code; not a hub config.
+    raw = json.loads(resources.files("llada_hf.hub_configs").joinpath(PRESETS_FILE).read_text())
+    assert set(PRESETS) == {"base", "instruct", "instruct_semi_ar", "llada1.5"} == {k for k in raw if k[0] != "_"}
+    assert load_presets() == PRESETS and all(raw[name]["_source"] for name in PRESETS)
+    assert all(key in DEFAULTS or key in GEN_KEYS for t in PRESETS.values() for e in t.values() for key in e)
+    assert PRESETS["base"]["gsm8k"] == {"max_new_tokens": 1024, "steps": 1024, "block_length": 1024}
+    assert "lm_eval_presets" not in list_hub_configs()
+    # Devices are HFLM's: none given -> CUDA if available, else CPU; an absent cuda:N counts as not given.
+    if not torch.cuda.is_available():
+        for device in ({}, {"device": "cuda:0"}):
+            lm = LLaDAEvalHarness(pretrained=str(eval_dir), dtype="float32", **device)
+            assert lm.device.type == lm.model.device.type == "cpu"
+
+
 def test_lm_eval_generation_length_order(eval_dir, tmp_path):
     """gen_kwargs > --model_args > the task's max_gen_toks > the checkpoint's generation_config.json > the preset."""
     pytest.importorskip("lm_eval")
