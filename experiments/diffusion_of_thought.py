@@ -31,7 +31,7 @@ decoded by `generate()` (low-confidence order) with answer_length / 1, / 2, / 4,
 thresholds (each problem's own number of forwards is counted), the AR twin greedily left to right (one forward per
 token). Learning rate per model and format from a sweep at seed 0 on a validation set; the other seeds at that rate.
 
-    python experiments/diffusion_of_thought.py --seeds 2             # ~20 CPU minutes (one thread)
+    python experiments/diffusion_of_thought.py --seeds 2             # ~16 CPU minutes (one thread)
     python experiments/diffusion_of_thought.py --seeds 2 --jobs 4    # the same, four processes in parallel
 """
 
