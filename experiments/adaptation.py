@@ -49,6 +49,7 @@ from common import (  # noqa: E402
     mdm_decode,
     mean_std,
     new_figure,
+    run_parallel,
     setup,
     train,
     write_results,
@@ -264,18 +265,6 @@ def _run_job(kind: str, *call):
     return _ar_job(*call) if kind == "ar" else _variant_job(*call)
 
 
-def _map(function, calls: list[tuple], jobs: int) -> list:
-    """`function(*call)` for each call, in `jobs` processes (1: in this process); results in call order."""
-    if jobs <= 1 or len(calls) <= 1:
-        return [function(*call) for call in calls]
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(min(jobs, len(calls)), mp_context=multiprocessing.get_context("fork")) as pool:
-        futures = [pool.submit(function, *call) for call in calls]
-        return [future.result() for future in futures]
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common_arguments(parser)
@@ -307,13 +296,14 @@ def main(argv: list[str] | None = None) -> int:
     calls = [(seed, args) for seed in seeds]
     n_ar = len(calls)
     scratch_calls = [("scratch", seed, lr, args, None) for seed in seeds for lr in lrs["scratch"]]
-    results = _map(_run_job, [("ar", *call) for call in calls] + [("mdm", *c) for c in scratch_calls], args.jobs)
+    jobs = [("ar", *call) for call in calls] + [("mdm", *call) for call in scratch_calls]
+    results = run_parallel(_run_job, jobs, args.jobs)
     ar_results, grid = results[:n_ar], results[n_ar:]
     ar_runs, ar_states = [r for r, _ in ar_results], [state for _, state in ar_results]
     calls = [("adapted", seed, lr, args, ar_states[seed]) for seed in seeds for lr in lrs["adapted"]]
     calls += [("adapted_no_anneal", seed, lr, args, ar_states[seed])
               for seed in range(min(args.ablation_seeds, args.seeds)) for lr in lrs["adapted"]]  # fmt: skip
-    grid += _map(_run_job, [("mdm", *call) for call in calls], args.jobs)
+    grid += run_parallel(_run_job, [("mdm", *call) for call in calls], args.jobs)
     sweep = {v: [r for r in grid if r["variant"] == v and r["seed"] == 0] for v in ("scratch", "adapted")}
     best_lr = {v: select(sweep[v])["lr"] for v in sweep}
     best_lr["adapted_no_anneal"] = best_lr["adapted"]  # the ablation differs from "adapted" in annealing only

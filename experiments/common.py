@@ -249,3 +249,18 @@ def common_arguments(parser, seeds: int = 3) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared CPU)")
     parser.add_argument("--out-dir", default=str(RESULTS_DIR))
     parser.add_argument("--quick", action="store_true", help="tiny budget (seconds): checks the script runs")
+
+
+def run_parallel(function: Callable[..., Any], calls: list[tuple], jobs: int, context: str = "fork") -> list:
+    """`function(*call)` for each call, in up to `jobs` processes (1: in this process); results in call order.
+
+    The experiments' runs are independent and seeded, so the results do not depend on `jobs` (one thread each: pass
+    `--threads 1`). `context="spawn"` for functions whose state must not be forked."""
+    if jobs <= 1 or len(calls) <= 1:
+        return [function(*call) for call in calls]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(min(jobs, len(calls)), mp_context=multiprocessing.get_context(context)) as pool:
+        futures = [pool.submit(function, *call) for call in calls]
+        return [future.result() for future in futures]

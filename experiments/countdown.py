@@ -46,14 +46,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import multiprocessing
 import random
 import re
 import statistics
 import sys
 import time
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -73,6 +71,7 @@ from common import (  # noqa: E402
     mdm_decode_order,
     mean_std,
     new_figure,
+    run_parallel,
     setup,
     train,
     write_results,
@@ -285,10 +284,7 @@ def run_all(jobs: list[tuple], args, task: Countdown, test, validation) -> list[
     calls = [
         (kind, seed, lr, gamma, args, task, test, validation if use else None) for kind, seed, lr, gamma, use in jobs
     ]
-    if args.jobs <= 1:
-        return [run_one(*call) for call in calls]
-    with ProcessPoolExecutor(min(args.jobs, len(calls)), mp_context=multiprocessing.get_context("spawn")) as pool:
-        return list(pool.map(run_one, *zip(*calls)))
+    return run_parallel(run_one, calls, args.jobs, context="spawn")
 
 
 def main(argv: list[str] | None = None) -> int:

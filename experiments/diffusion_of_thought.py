@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import multiprocessing
 import re
 import sys
 import time
@@ -62,6 +61,7 @@ from common import (  # noqa: E402
     markdown_table,
     mean_std,
     new_figure,
+    run_parallel,
     setup,
     train,
     write_results,
@@ -456,11 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     jobs = [(fmt, kind, args) for fmt in formats for kind in ("mdm", "ar")]
-    if args.jobs > 1:  # one process per (format, kind), one thread each: the same computation, in parallel
-        with multiprocessing.get_context("fork").Pool(min(args.jobs, len(jobs))) as pool:
-            parts = pool.starmap(run_kind, jobs)
-    else:
-        parts = [run_kind(*job) for job in jobs]
+    parts = run_parallel(run_kind, jobs, args.jobs)  # one process per (format, kind), one thread each
     by_job = {(fmt, kind): part for (fmt, kind, _), part in zip(jobs, parts)}
     results = {fmt: collect_format(fmt, {k: by_job[fmt, k] for k in ("mdm", "ar")}, args) for fmt in formats}
     cpu_s = sum(r["cpu_s"] for part in parts for r in part["sweep"] + part["runs"][1:])

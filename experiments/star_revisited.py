@@ -48,6 +48,7 @@ from common import (  # noqa: E402
     mdm_decode_order,
     mean_std,
     new_figure,
+    run_parallel,
     setup,
     train,
     write_results,
@@ -214,18 +215,6 @@ def _job(kind: str, setting: dict, seed: int, args) -> dict:
     return record
 
 
-def run_parallel(calls: list[tuple], jobs: int) -> list:
-    """`_job(*call)` for each call, in `jobs` processes (1: in this process); results in call order."""
-    if jobs <= 1 or len(calls) <= 1:
-        return [_job(*call) for call in calls]
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(min(jobs, len(calls)), mp_context=multiprocessing.get_context("fork")) as pool:
-        futures = [pool.submit(_job, *call) for call in calls]
-        return [future.result() for future in futures]
-
-
 def parse_settings(text: str, steps: int, layers: int) -> dict[str, dict]:
     """ "sft:2e-3,count:2e-3" -> {"sft lr 0.002": {loss, lr, steps, layers}, ...} (MDM training settings)."""
     settings = {}
@@ -370,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     ar_setting = dict(loss="sft", lr=args.ar_lr, steps=args.steps, layers=args.layers)
     calls = [("mdm", setting, seed, args) for setting in settings.values() for seed in range(args.seeds)]
     calls += [("ar", ar_setting, seed, args) for seed in range(args.seeds)]
-    records = run_parallel(calls, args.jobs)
+    records = run_parallel(_job, calls, args.jobs)
     mdm = {name: records[i * args.seeds : (i + 1) * args.seeds] for i, name in enumerate(settings)}
     ar = records[len(settings) * args.seeds :]
     selected = max(mdm, key=lambda n: (mdm[n][0]["validation"]["path_accuracy"],

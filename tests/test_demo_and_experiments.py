@@ -233,3 +233,14 @@ def test_self_correction_quick(tmp_path):
     for row in rows:  # (tau, budget) was chosen on validation; it is the best of its grid there
         assert row["chosen_validation"] == max(row["grid"].values()) and row["chosen"] in row["grid"]
         assert 0 <= row["self_correction"] <= 1 and row["remasked_per_answer"] >= 0
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_run_parallel_keeps_call_order_and_matches_the_serial_run(context):
+    """The experiments' `--jobs`: results in call order, the same as one process (runs are seeded, not shared)."""
+    from common import run_parallel
+
+    calls = [(3, 4), (2, 10), (7, 2), (5, 3)]
+    serial = run_parallel(pow, calls, jobs=1)
+    assert serial == [a**b for a, b in calls]
+    assert run_parallel(pow, calls, jobs=3, context=context) == serial
