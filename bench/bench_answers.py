@@ -23,7 +23,7 @@ questions, as B=1 (one call per question) and B=8 (one call per 8 questions), in
 repetition runs every cell once in a rotated order); ms/answer = cell time / questions. An A/A pair (the reference
 schedule timed twice) flags a noisy run (A/A median ratio off 1 by > 3 % or IQR > 5 %).
 
-    python bench/bench_answers.py --threads 1            # trains the twins once (~35 min on one core), compiles
+    python bench/bench_answers.py --threads 1            # trains the twins once (demo twin: 2545 s measured), compiles
     python bench/bench_answers.py --quick --out /tmp/q   # CI-sized smoke run (seconds; no compiled variants)
 
 The claim: the fastest MDM variant at B=1 whose accuracy is within 1 point of the best accuracy of any variant, as a
