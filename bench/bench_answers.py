@@ -47,11 +47,11 @@ from pathlib import Path
 import torch
 import transformers
 from safetensors.torch import load_file, save_file
-from transformers import CompileConfig, LlamaConfig, LlamaForCausalLM
+from transformers import CompileConfig, LlamaForCausalLM
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "experiments"))
-from common import EOS, Backbone, build_model, train  # noqa: E402
+from common import EOS, Backbone, build_model, to_llama, train  # noqa: E402
 from planning import ClockWalk  # noqa: E402
 
 from llada_hf import LLaDAConfig, LLaDAModelLM  # noqa: E402
@@ -71,25 +71,6 @@ CLOCK_BACKBONE = dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4
 
 # ---------------------------------------------------------------------------------------------------------------------
 # AR twins
-
-
-def to_llama(model: LLaDAModelLM) -> LlamaForCausalLM:
-    """The same weights in a `LlamaForCausalLM` (LLaDA's layout is Llama's: RMSNorm, SwiGLU, RoPE, no biases)."""
-    c = model.config
-    config = LlamaConfig(
-        vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
-        num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
-        num_key_value_heads=c.num_key_value_heads or c.num_attention_heads, rms_norm_eps=c.rms_norm_eps,
-        max_position_embeddings=c.max_position_embeddings, rope_theta=c.rope_theta, tie_word_embeddings=False,
-        bos_token_id=c.bos_token_id, eos_token_id=c.eos_token_id, pad_token_id=c.pad_token_id,
-        attention_bias=False, mlp_bias=False,
-    )  # fmt: skip
-    llama = LlamaForCausalLM(config).eval()
-    missing, unexpected = llama.load_state_dict(model.state_dict(), strict=False)
-    missing = [k for k in missing if "rotary" not in k]
-    if missing or unexpected:
-        raise RuntimeError(f"weight names differ: missing {missing}, unexpected {unexpected}")
-    return llama
 
 
 def demo_ar_batches(tokenizer, batch_size: int, seed: int):

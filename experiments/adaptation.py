@@ -29,7 +29,6 @@ the first step).
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import sys
 import time
@@ -51,13 +50,14 @@ from common import (  # noqa: E402
     new_figure,
     run_parallel,
     setup,
+    to_llama,
     train,
     write_results,
 )
 from planning import ClockWalk  # noqa: E402
 
 from llada_hf import LLaDAModelLM  # noqa: E402
-from llada_hf.training import annealed_attention_mask, convert_llama_to_llada, sft_loss  # noqa: E402
+from llada_hf.training import convert_llama_to_llada  # noqa: E402
 
 BACKBONE = dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=192)  # planning.py's
 VARIANTS = ("scratch", "adapted", "adapted_no_anneal")
@@ -66,27 +66,6 @@ LABELS = {
     "adapted": "MDM from AR twin, annealed attention",
     "adapted_no_anneal": "MDM from AR twin, no annealing (ablation)",
 }
-
-
-def to_llama(model: LLaDAModelLM):
-    """The same weights in a `LlamaForCausalLM` (LLaDA's layout is Llama's: RMSNorm, SwiGLU, RoPE, no biases)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    c = model.config
-    config = LlamaConfig(
-        vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
-        num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
-        num_key_value_heads=c.num_key_value_heads or c.num_attention_heads, rms_norm_eps=c.rms_norm_eps,
-        max_position_embeddings=c.max_position_embeddings, rope_theta=c.rope_theta, tie_word_embeddings=False,
-        bos_token_id=c.bos_token_id, eos_token_id=c.eos_token_id, pad_token_id=c.pad_token_id,
-        attention_bias=False, mlp_bias=False,
-    )  # fmt: skip
-    llama = LlamaForCausalLM(config).eval()
-    missing, unexpected = llama.load_state_dict(model.state_dict(), strict=False)
-    missing = [k for k in missing if "rotary" not in k]
-    if missing or unexpected:
-        raise RuntimeError(f"weight names differ: missing {missing}, unexpected {unexpected}")
-    return llama
 
 
 def convert_twin(ar_model: LLaDAModelLM, check: torch.LongTensor | None = None) -> LLaDAModelLM:
@@ -113,61 +92,12 @@ def train_mdm(
     anneal_steps: int = 0,
     eval_every: int = 0,
     evaluate=None,
-    warmup: int = 100,
-    weight_decay: float = 0.01,
+    **kwargs,
 ) -> dict:
-    """`common.train`'s MDM loop (AdamW, warm-up, cosine to 10 %, clip 1, the same RNG draws) plus attention
-    annealing for the first `anneal_steps` steps and `evaluate(model)` every `eval_every` steps (and at step 0)."""
-    model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=weight_decay)
-
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(steps - warmup, 1)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    generator = torch.Generator().manual_seed(seed + 12345)
-    start, cpu, losses, curve = time.time(), time.process_time(), [], []
-
-    def checkpoint(step: int) -> None:
-        if evaluate is not None and eval_every:
-            model.eval()
-            curve.append({"step": step, **evaluate(model)})
-            model.train()
-
-    checkpoint(0)
-    for step in range(steps):
-        input_ids, prompt_lengths = next_batch(step)
-        if anneal_steps and step < anneal_steps:
-            mask = annealed_attention_mask(input_ids.shape[1], step / anneal_steps)
-            loss = sft_loss(_Masked(model, mask), input_ids, prompt_lengths, generator=generator)
-        else:
-            loss = sft_loss(model, input_ids, prompt_lengths, generator=generator)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        losses.append(loss.item())
-        if eval_every and (step + 1) % eval_every == 0:
-            checkpoint(step + 1)
-    model.eval()
-    return {"final_loss": statistics.fmean(losses[-50:]), "train_s": round(time.time() - start, 1),
-            "cpu_s": round(time.process_time() - cpu, 1), "curve": curve}  # fmt: skip
-
-
-class _Masked(torch.nn.Module):
-    """`model` called with a fixed 4-D attention mask (so `sft_loss` can train through the annealed mask)."""
-
-    def __init__(self, model: LLaDAModelLM, mask: torch.Tensor) -> None:
-        super().__init__()
-        self.model, self.mask = model, mask
-        self.config = model.config
-
-    def forward(self, input_ids: torch.LongTensor):
-        return self.model(input_ids=input_ids, attention_mask=self.mask)
+    """`common.train`'s MDM loop with attention annealing over the first `anneal_steps` steps and `evaluate(model)`
+    every `eval_every` steps (and at step 0)."""
+    return train(model, "mdm", next_batch, steps, lr, seed, anneal_steps=anneal_steps, eval_every=eval_every,
+                 evaluate=evaluate, **kwargs)  # fmt: skip
 
 
 @torch.no_grad()

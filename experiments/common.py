@@ -23,9 +23,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from llada_hf import LLaDAConfig, LLaDAModelLM
-from llada_hf.training import pretraining_loss, sft_loss
+from llada_hf.training import annealed_attention_mask, pretraining_loss, sft_loss
 
 PAD = EOS = 0
 MASK = 1
@@ -95,6 +96,35 @@ def mdm_loss(
 Batch = tuple[torch.LongTensor, torch.Tensor]  # (input_ids (B, T), prompt_lengths (B,))
 
 
+def sft_batches(
+    task: Any, batch_size: int, seed: int, on_prompts: Callable[[torch.LongTensor], None] | None = None
+) -> Callable[[int], Batch]:
+    """`next_batch(step)` for `train`: fresh [prompt | answer] rows from `task.sample(batch_size, generator)` (one
+    generator seeded with `seed`), all with prompt length `task.prompt_length`; `on_prompts` sees each batch's
+    prompts."""
+    generator = torch.Generator().manual_seed(seed)
+    prompt_lengths = torch.full((batch_size,), task.prompt_length)
+
+    def next_batch(step: int) -> Batch:
+        prompts, answers = task.sample(batch_size, generator)
+        if on_prompts is not None:
+            on_prompts(prompts)
+        return torch.cat([prompts, answers], dim=1), prompt_lengths
+
+    return next_batch
+
+
+class _WithAttentionMask(torch.nn.Module):
+    """`model` called with a fixed 4-D attention mask, so the package's losses train through an annealed mask."""
+
+    def __init__(self, model: LLaDAModelLM, mask: torch.Tensor) -> None:
+        super().__init__()
+        self.model, self.mask, self.config = model, mask, model.config
+
+    def forward(self, input_ids: torch.LongTensor):
+        return self.model(input_ids=input_ids, attention_mask=self.mask)
+
+
 def train(
     model: LLaDAModelLM,
     kind: str,
@@ -106,11 +136,19 @@ def train(
     weight_decay: float = 0.01,
     log_every: int = 0,
     reweight_gamma: float = 0.0,
+    loss_fn: Callable[..., torch.Tensor] | None = None,
+    anneal_steps: int = 0,
+    eval_every: int = 0,
+    evaluate: Callable[[LLaDAModelLM], dict] | None = None,
 ) -> dict[str, Any]:
-    """AdamW, linear warm-up then cosine decay to 10 %; `kind` is "mdm" or "ar". Returns loss curve and wall time.
+    """AdamW, linear warm-up then cosine decay to 10 %; `kind` is "mdm" or "ar".
 
-    `reweight_gamma` > 0 (MDM only): token-level reweighting of the diffusion loss (alpha 1; Adam is invariant to a
-    constant scale of the loss, up to gradient clipping)."""
+    Returns the final loss (mean of the last 50 steps), wall and CPU seconds, and `loss_curve`: [step, mean loss over
+    the last `log_every` steps] every `log_every` steps (also printed). MDM options: `reweight_gamma` > 0, token-level
+    reweighting of the diffusion loss (alpha 1; Adam is invariant to a constant scale of the loss, up to gradient
+    clipping); `loss_fn(model, input_ids, prompt_lengths, generator)` instead of `mdm_loss`; `anneal_steps`, attention
+    annealed from causal to bidirectional over the first steps (`annealed_attention_mask`, AR -> diffusion
+    adaptation). `evaluate(model)` every `eval_every` steps and at step 0 gives `curve` ([{"step", ...}])."""
     if reweight_gamma and kind != "mdm":
         raise ValueError("reweight_gamma applies to the masked-diffusion loss only")
     if kind not in ("mdm", "ar"):
@@ -124,13 +162,29 @@ def train(
         progress = (step - warmup) / max(steps - warmup, 1)
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
+    def checkpoint(step: int) -> None:
+        model.eval()
+        curve.append({"step": step, **evaluate(model)})
+        model.train()
+
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     generator = torch.Generator().manual_seed(seed + 12345)
-    start, losses = time.time(), []
+    if loss_fn is None:
+
+        def loss_fn(m, ids, lengths, gen):
+            return mdm_loss(m, ids, lengths, gen, reweight_gamma=reweight_gamma)
+
+    start, cpu, losses, loss_curve, curve = time.time(), time.process_time(), [], [], []
+    tracking = evaluate is not None and eval_every > 0
+    if tracking:
+        checkpoint(0)
     for step in range(steps):
         input_ids, prompt_lengths = next_batch(step)
         if kind == "mdm":
-            loss = mdm_loss(model, input_ids, prompt_lengths, generator, reweight_gamma=reweight_gamma)
+            net = model
+            if step < anneal_steps:
+                net = _WithAttentionMask(model, annealed_attention_mask(input_ids.shape[1], step / anneal_steps))
+            loss = loss_fn(net, input_ids, prompt_lengths, generator)
         else:
             loss = ar_loss(model, input_ids, prompt_lengths)
         optimizer.zero_grad(set_to_none=True)
@@ -140,9 +194,19 @@ def train(
         scheduler.step()
         losses.append(loss.item())
         if log_every and (step + 1) % log_every == 0:
-            print(f"  [{kind}] step {step + 1}/{steps} loss {statistics.fmean(losses[-log_every:]):.4f}", flush=True)
+            mean = round(statistics.fmean(losses[-log_every:]), 4)
+            loss_curve.append([step + 1, mean])
+            print(f"  [{kind}] step {step + 1}/{steps} loss {mean:.4f}", flush=True)
+        if tracking and (step + 1) % eval_every == 0:
+            checkpoint(step + 1)
     model.eval()
-    return {"final_loss": statistics.fmean(losses[-50:]), "train_s": round(time.time() - start, 1)}
+    record = {
+        "final_loss": statistics.fmean(losses[-50:]),
+        "train_s": round(time.time() - start, 1),
+        "cpu_s": round(time.process_time() - cpu, 1),
+        "loss_curve": loss_curve,
+    }
+    return {**record, "curve": curve} if tracking else record
 
 
 @torch.no_grad()
@@ -264,3 +328,23 @@ def run_parallel(function: Callable[..., Any], calls: list[tuple], jobs: int, co
     with ProcessPoolExecutor(min(jobs, len(calls)), mp_context=multiprocessing.get_context(context)) as pool:
         futures = [pool.submit(function, *call) for call in calls]
         return [future.result() for future in futures]
+
+
+def to_llama(model: LLaDAModelLM) -> LlamaForCausalLM:
+    """The same weights in a `LlamaForCausalLM` (LLaDA's layout is Llama's: RMSNorm, SwiGLU, RoPE, no biases): the
+    AR twin for HF `generate()` (bench/bench_answers.py) and for `convert_llama_to_llada` (adaptation.py)."""
+    c = model.config
+    config = LlamaConfig(
+        vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
+        num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
+        num_key_value_heads=c.num_key_value_heads or c.num_attention_heads, rms_norm_eps=c.rms_norm_eps,
+        max_position_embeddings=c.max_position_embeddings, rope_theta=c.rope_theta, tie_word_embeddings=False,
+        bos_token_id=c.bos_token_id, eos_token_id=c.eos_token_id, pad_token_id=c.pad_token_id,
+        attention_bias=False, mlp_bias=False,
+    )  # fmt: skip
+    llama = LlamaForCausalLM(config).eval()
+    missing, unexpected = llama.load_state_dict(model.state_dict(), strict=False)
+    missing = [k for k in missing if "rotary" not in k]
+    if missing or unexpected:
+        raise RuntimeError(f"weight names differ: missing {missing}, unexpected {unexpected}")
+    return llama

@@ -44,8 +44,6 @@ are a third of them: the test measures generalisation to unseen number sets, not
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import random
 import re
 import statistics
@@ -73,6 +71,7 @@ from common import (  # noqa: E402
     new_figure,
     run_parallel,
     setup,
+    sft_batches,
     train,
     write_results,
 )
@@ -187,14 +186,7 @@ class Countdown:
         return self.tensors([self.problem(rng) for _ in range(batch_size)])
 
     def batches(self, batch_size: int, seed: int):
-        generator = torch.Generator().manual_seed(seed)
-        prompt_lengths = torch.full((batch_size,), self.prompt_length)
-
-        def next_batch(step: int):
-            prompts, answers = self.sample(batch_size, generator)
-            return torch.cat([prompts, answers], dim=1), prompt_lengths
-
-        return next_batch
+        return sft_batches(self, batch_size, seed)
 
 
 def evaluate(model, kind: str, task: Countdown, problems, batch_size: int = 250) -> dict:
@@ -241,31 +233,17 @@ def evaluate_threshold(model, task: Countdown, problems, threshold: float) -> di
     }
 
 
-class _Tee(io.StringIO):
-    """Echoes to the real stdout and keeps a copy (the loss log of `train`, parsed into a curve)."""
-
-    def __init__(self, stream) -> None:
-        super().__init__()
-        self.stream = stream
-
-    def write(self, text: str) -> int:
-        self.stream.write(text)
-        return super().write(text)
-
-
 def run_one(kind: str, seed: int, lr: float, gamma: float, args, task: Countdown, test, validation=None) -> dict:
     """Train one model and evaluate it (test; validation if given; for the MDM also the threshold decode)."""
     setup(args.threads)
     backbone = Backbone(args.hidden, args.layers, 4, 3 * args.hidden)
     model = build_model(backbone, task.vocab_size, task.prompt_length + task.answer_length, seed)
     start = time.process_time()
-    with contextlib.redirect_stdout(_Tee(sys.stdout)) as log:
-        record = train(
-            model, kind, task.batches(args.batch_size, seed), args.steps, lr, seed,
-            warmup=min(100, args.steps // 10), log_every=max(args.steps // 20, 1), reweight_gamma=gamma,
-        )  # fmt: skip
+    record = train(
+        model, kind, task.batches(args.batch_size, seed), args.steps, lr, seed,
+        warmup=min(100, args.steps // 10), log_every=max(args.steps // 20, 1), reweight_gamma=gamma,
+    )  # fmt: skip
     record["train_cpu_s"] = round(time.process_time() - start, 1)
-    record["loss_curve"] = [[int(a), float(b)] for a, b in re.findall(r"step (\d+)/\d+ loss ([\d.]+)", log.getvalue())]
     record.update(evaluate(model, kind, task, test))
     if validation is not None:
         record["validation_accuracy"] = evaluate(model, kind, task, validation)["accuracy"]

@@ -38,9 +38,6 @@ token). Learning rate per model and format from a sweep at seed 0 on a validatio
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
-import re
 import sys
 import time
 from pathlib import Path
@@ -63,6 +60,7 @@ from common import (  # noqa: E402
     new_figure,
     run_parallel,
     setup,
+    sft_batches,
     train,
     write_results,
 )
@@ -161,14 +159,7 @@ class Multiplication:
         return (*self.encode(a, b), a * b)
 
     def batches(self, batch_size: int, seed: int):
-        generator = torch.Generator().manual_seed(seed)
-        prompt_lengths = torch.full((batch_size,), self.prompt_length)
-
-        def next_batch(step: int):
-            prompts, answers = self.sample(batch_size, generator)
-            return torch.cat([prompts, answers], dim=1), prompt_lengths
-
-        return next_batch
+        return sft_batches(self, batch_size, seed)
 
 
 def final_answer(tokens: list[int]) -> int | None:
@@ -273,14 +264,11 @@ def evaluate(model, kind: str, task: Multiplication, held_out, full: bool, batch
 
 
 def train_logged(model, kind: str, task: Multiplication, steps: int, lr: float, seed: int, batch_size: int) -> dict:
-    """`common.train`, with its loss log captured as a curve (20 points) and echoed."""
+    """`common.train`, with its loss curve (20 points) as {"every": steps between points, "loss": [...]}."""
     log_every = max(steps // 20, 1)
-    buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer):
-        record = train(model, kind, task.batches(batch_size, seed), steps, lr, seed, warmup=min(100, steps // 10),
-                       log_every=log_every)  # fmt: skip
-    curve = [float(x) for x in re.findall(r"loss ([0-9.]+)", buffer.getvalue())]
-    record["loss_curve"] = {"every": log_every, "loss": curve}
+    record = train(model, kind, task.batches(batch_size, seed), steps, lr, seed, warmup=min(100, steps // 10),
+                   log_every=log_every)  # fmt: skip
+    record["loss_curve"] = {"every": log_every, "loss": [loss for _, loss in record["loss_curve"]]}
     return record
 
 

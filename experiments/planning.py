@@ -55,6 +55,7 @@ from common import (  # noqa: E402
     mean_std,
     new_figure,
     setup,
+    sft_batches,
     train,
     write_results,
 )
@@ -107,14 +108,7 @@ class StarGraphs:
         return prompts, answers
 
     def batches(self, batch_size: int, seed: int):
-        generator = torch.Generator().manual_seed(seed)
-        prompt_lengths = torch.full((batch_size,), self.prompt_length)
-
-        def next_batch(step: int):
-            prompts, answers = self.sample(batch_size, generator)
-            return torch.cat([prompts, answers], dim=1), prompt_lengths
-
-        return next_batch
+        return sft_batches(self, batch_size, seed)
 
 
 class ClockWalk:

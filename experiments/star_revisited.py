@@ -88,16 +88,8 @@ def train_model(model, kind: str, loss: str, task: StarGraphs, steps: int, lr: f
     """`common.train` (the MDM with the package's `sft_loss`, the AR twin) or the same loop with `count_sft_loss`."""
     batches = task.batches(batch_size, seed)
     warmup = min(100, steps // 10)
-    if kind == "ar" or loss == "sft":
-        return train(model, kind, batches, steps, lr, seed, warmup=warmup, log_every=max(steps // 8, 1))
-    import common
-
-    original = common.mdm_loss
-    common.mdm_loss = lambda m, ids, lengths, gen, **_: count_sft_loss(m, ids, lengths, gen)
-    try:
-        return train(model, kind, batches, steps, lr, seed, warmup=warmup, log_every=max(steps // 8, 1))
-    finally:
-        common.mdm_loss = original
+    loss_fn = count_sft_loss if kind == "mdm" and loss == "count" else None
+    return train(model, kind, batches, steps, lr, seed, warmup=warmup, log_every=max(steps // 8, 1), loss_fn=loss_fn)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -28,10 +28,7 @@ other seeds at that rate; test = held-out puzzles.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import random
-import re
 import statistics
 import sys
 import time
@@ -53,6 +50,7 @@ from common import (  # noqa: E402
     mean_std,
     new_figure,
     setup,
+    sft_batches,
     train,
     write_results,
 )
@@ -232,16 +230,8 @@ class Sudoku:
     def batches(self, batch_size: int, seed: int, seen: set | None = None):
         """Training batches; `seen` (if given) collects every training prompt, to count test puzzles seen in
         training (small grids have few distinct puzzles)."""
-        generator = torch.Generator().manual_seed(seed)
-        prompt_lengths = torch.full((batch_size,), self.prompt_length)
-
-        def next_batch(step: int):
-            prompts, answers = self.sample(batch_size, generator)
-            if seen is not None:
-                seen.update(row.tobytes() for row in prompts.numpy())
-            return torch.cat([prompts, answers], dim=1), prompt_lengths
-
-        return next_batch
+        record = None if seen is None else (lambda prompts: seen.update(row.tobytes() for row in prompts.numpy()))
+        return sft_batches(self, batch_size, seed, on_prompts=record)
 
 
 def scores(outputs: torch.LongTensor, prompts: torch.LongTensor, answers: torch.LongTensor) -> dict[str, float]:
@@ -285,34 +275,14 @@ def evaluate(
     return record
 
 
-class Tee(io.StringIO):
-    """Keeps what train() prints (to read the loss curve back) and passes it on."""
-
-    def __init__(self, stream) -> None:
-        super().__init__()
-        self.stream = stream
-
-    def write(self, text: str) -> int:
-        self.stream.write(text)
-        return super().write(text)
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-
-LOG_LINE = re.compile(r"\[(?:mdm|ar)\] step (\d+)/\d+ loss ([0-9.]+)")
-
-
 def run_one(variant: str, seed: int, lr: float, args, task: Sudoku, test, validation=None) -> dict:
-    """Train one model (variant "mdm", "ar" or "mdm_rw") and score it; the loss curve comes from train()'s log."""
+    """Train one model (variant "mdm", "ar" or "mdm_rw") and score it (the loss curve comes from train())."""
     kind, seed = "ar" if variant == "ar" else "mdm", seed + args.seed_offset
     gamma = args.reweight_gamma if variant == "mdm_rw" else 0.0
     model = build_model(Backbone(**args.backbone), task.vocab_size, task.prompt_length + task.answer_length, seed)
-    log, seen = Tee(sys.stdout), set()
-    with contextlib.redirect_stdout(log):
-        record = train(model, kind, task.batches(args.batch_size, seed, seen), args.steps, lr, seed,
-                       warmup=min(100, args.steps // 10), log_every=args.log_every, reweight_gamma=gamma)  # fmt: skip
-    record["loss_curve"] = [[int(s), float(v)] for s, v in LOG_LINE.findall(log.getvalue())]
+    seen = set()
+    record = train(model, kind, task.batches(args.batch_size, seed, seen), args.steps, lr, seed,
+                   warmup=min(100, args.steps // 10), log_every=args.log_every, reweight_gamma=gamma)  # fmt: skip
     start = time.time()
     record.update(evaluate(model, kind, task, *test, threshold=args.threshold))
     record["test_seen_in_training"] = statistics.fmean(row.tobytes() in seen for row in test[0].numpy())
