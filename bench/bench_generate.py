@@ -104,6 +104,9 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="add compiled variants (slow to warm up on CPU)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="bench/results")
+    parser.add_argument("--variants", default=None, help="comma-separated subset to run (REF k=1 always kept)")
+    parser.add_argument("--no-forward-fraction", action="store_true", help="skip the instrumented extra run")
+    parser.add_argument("--tag", default="", help="suffix of the JSON file name")
     args = parser.parse_args()
     device = args.device
     torch.set_num_threads(args.threads)
@@ -126,6 +129,14 @@ def main() -> None:
     if args.compile:
         variants["FAST+compile k=1"] = dict(fast=True, steps=gen, compile=True)
         variants["DUAL+compile k=1"] = dict(cache="dual", steps=gen, compile=True)
+    if args.variants:
+        keep = {name.strip() for name in args.variants.split(",")} | {"REF k=1"}
+        unknown = keep - set(variants) - {"AR dynamic", "AR static+compile"}
+        if unknown:
+            parser.error(f"unknown variants {sorted(unknown)}; choose from {sorted(variants)}")
+        if any("k=4" in name for name in keep):
+            keep.add("REF k=4")
+        variants = {name: kw for name, kw in variants.items() if name in keep}
     references = {"k=1": "REF k=1", "k=4": "REF k=4"}
 
     results = {"device": device, "dtype": str(dtype), "prompt": prompt_len, "gen": gen, "block": args.block,
@@ -137,10 +148,13 @@ def main() -> None:
         generator = torch.Generator().manual_seed(batch)
         prompt = torch.randint(0, mask_id, (batch, prompt_len), generator=generator).to(device)
         calls = make_calls(model, ar, prompt, gen, args.block, variants, args.compile)
+        if args.variants:
+            calls = {name: call for name, call in calls.items() if not name.startswith("AR") or name in keep}
         outputs = {}
         for name, call in calls.items():  # warm-up (2 calls for compiled variants), outputs kept for agreement
-            for _ in range(2 if "compile" in name else 1):
-                outputs[name] = call()
+            for i in range(2 if "compile" in name else 1):
+                seconds, outputs[name] = timed(call, device)
+                print(f"B={batch} warm-up {i + 1} {name}: {seconds:.1f} s", flush=True)
         times = {name: [] for name in calls}
         gc.disable()
         try:
@@ -149,6 +163,8 @@ def main() -> None:
                 names = names[rep % len(names) :] + names[: rep % len(names)]
                 for name in names:
                     times[name].append(timed(calls[name], device)[0])
+                done = ", ".join(f"{n} {t[-1]:.2f} s" for n, t in times.items())
+                print(f"B={batch} rep {rep + 1}: {done}", flush=True)
         finally:
             gc.enable()
         for name in calls:
@@ -167,7 +183,8 @@ def main() -> None:
                 row["agreement_with_ref"] = (
                     (out.sequences[:, prompt_len:] == ref_seq[:, prompt_len:]).float().mean().item()
                 )
-                row["forward_fraction"] = forward_fraction(model, calls[name], device)
+                if not args.no_forward_fraction:
+                    row["forward_fraction"] = forward_fraction(model, calls[name], device)
             results["rows"].append(row)
         ar_tok_s = {
             r["variant"]: r["tok_s"] for r in results["rows"] if r["batch"] == batch and r["variant"].startswith("AR")
@@ -181,7 +198,7 @@ def main() -> None:
     results["aa_check"] = [(r["batch"], r["ratio_vs_ref"], r["ratio_iqr"]) for r in aa]
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"generate_{device}.json").write_text(json.dumps(results, indent=2))
+    (out_dir / f"generate_{device}{args.tag}.json").write_text(json.dumps(results, indent=2))
     print(render(results))
 
 
@@ -196,7 +213,7 @@ def render(results: dict) -> str:
         lines.append(
             f"| {r['batch']} | {r['variant']} | {r['tok_s']:.1f} | {r['ratio_vs_ref']:.2f} ({r['ratio_iqr']:.2f}) | "
             f"{r.get('nfe', '')} | {format(r['tokens_per_forward'], '.2g') if 'nfe' in r else ''} | "
-            f"{format(r['forward_fraction'], '.0%') if 'nfe' in r else ''} | "
+            f"{format(r['forward_fraction'], '.0%') if 'forward_fraction' in r else ''} | "
             f"{format(r['agreement_with_ref'], '.2f') if 'nfe' in r else ''} | {vs_ar} |"
         )
     lines.append(f"\nA/A (batch, REF/REF median ratio, IQR): {results['aa_check']}; noisy: {results['noise_flag']}")
