@@ -29,6 +29,7 @@ loss estimators:
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -230,6 +231,10 @@ def render(data: dict, args) -> str:
     for row, metric in zip(head, ("first_token_accuracy", "path_accuracy")):
         row += [fmt_pct(s["mdm"][name][metric]) for name in names] + [fmt_pct(s["ar"][metric])]
     header = ["answer position"] + [f"MDM, {n}" + (" (selected)" if n == selected else "") for n in names] + ["AR"]
+    counts = {n: len(data["mdm"][n]) for n in names}
+    seeds = f"{len(data['ar'])} seed(s)"
+    if set(counts.values()) != {len(data["ar"])}:
+        seeds += " (" + ", ".join(f"MDM {n}: {c}" for n, c in counts.items() if c != len(data["ar"])) + ")"
     text = (
         f"# Star graph revisited\n\n`{data['command']}` ({data['wall_s']:.0f} s wall with {args.jobs} process(es) of "
         f"{args.threads} thread(s); {data['cpu_s']:.0f} s CPU time in all)\n\nStar graphs as in planning.py "
@@ -237,7 +242,7 @@ def render(data: dict, args) -> str:
         f"every model {args.steps} steps x batch {args.batch_size}, backbone 64 wide, {args.layers} layers, 4 heads; "
         f"AR lr {args.ar_lr:g}. MDM settings differ in the loss estimator only (`sft`: the package's `sft_loss`; "
         f"`count`: k ~ U{{1..L}} masked answer tokens, weight L / k). Selected on seed 0's validation accuracy "
-        f"(500 other graphs): {selected}. Accuracy (%), mean ± sample std over {args.seeds} seed(s). The first run "
+        f"(500 other graphs): {selected}. Accuracy (%), mean ± sample std over {seeds}. The first run "
         f"(16000 steps, `sft`, 26.9 % vs AR 66.9 %) stays in results/planning_star.md.\n\n"
         + markdown_table(header, head)
     )
@@ -296,7 +301,7 @@ def render(data: dict, args) -> str:
 
 
 def plot(data: dict):
-    fig, axes = new_figure(ncols=2, width=5.5)
+    fig, axes = new_figure(ncols=3, width=5.5)
     ax = axes[0][0]
     names = list(data["mdm"])
     orders = [("first_token_accuracy", "default"), ("first_token_left_to_right", "left to right"),
@@ -320,11 +325,54 @@ def plot(data: dict):
         values = [100 * _mean(rs, lambda r, c=category: r["test"]["first_token_categories"][c]) for _, rs in models]
         ax.bar(range(len(models)), values, bottom=bottom, label=category)
         bottom = [b + v for b, v in zip(bottom, values)]
-    ax.set_xticks(range(len(models)), [label for label, _ in models], fontsize=8)
+    ax.set_xticks(range(len(models)), [label for label, _ in models], fontsize=7, rotation=20, ha="right")
     ax.set_ylabel("% of test examples")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
+    ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=3)
     ax.set_title("what the first token is", fontsize=10)
+    ax = axes[0][2]  # one line per model: the solved runs are the ones whose loss drops away
+    for (label, records), color in zip(models, ("C0", "C1", "C2", "C3", "C4")):
+        for i, record in enumerate(records):
+            steps, losses = zip(*record["loss_curve"]) if record.get("loss_curve") else ((), ())
+            ax.plot(steps, losses, color=color, marker=".", label=label if i == 0 else None)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (each model's estimator)")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
+    ax.set_title("training loss, every seed", fontsize=10)
     return fig
+
+
+def summarise(command: str, wall_s: float, config: dict, mdm: dict, ar: list) -> dict:
+    """Results of every setting over its seeds; the MDM setting is selected on seed 0's validation accuracy (None
+    in a part without seed 0, `--first-seed` > 0: report it with `--merge`)."""
+    seed0 = {name: r for name, records in mdm.items() for r in records if r["seed"] == 0}
+    selected = max(seed0, key=lambda n: (seed0[n]["validation"]["path_accuracy"],
+                                         seed0[n]["validation"]["first_token_accuracy"]), default=None)  # fmt: skip
+    metrics = ("first_token_accuracy", "path_accuracy")
+    summary = {
+        "mdm": {n: {m: mean_std([r["test"][m] for r in rs]) for m in metrics} for n, rs in mdm.items()},
+        "ar": {m: mean_std([r["test"][m] for r in ar]) for m in metrics},
+    }
+    cpu = round(sum(r["cpu_s"] for rs in [*mdm.values(), ar] for r in rs), 1)
+    return {"command": command, "wall_s": round(wall_s, 1), "cpu_s": cpu, "config": config, "selected": selected,
+            "summary": summary, "mdm": mdm, "ar": ar}  # fmt: skip
+
+
+def merge(paths: list[str]) -> tuple[dict, argparse.Namespace]:
+    """One report from runs over disjoint seeds (`--first-seed`) of the same settings and budget."""
+    runs = [json.loads(Path(path).read_text()) for path in paths]
+    budget = ("steps", "layers", "degree", "arm_length", "nodes", "batch_size", "ar_lr", "val_size", "test_size")
+    for run in runs[1:]:
+        if any(run["config"][key] != runs[0]["config"][key] for key in budget):
+            raise SystemExit(f"--merge: {budget} must agree between runs")
+    mdm = {name: [r for run in runs for r in run["mdm"].get(name, [])] for name in runs[0]["mdm"]}
+    ar = [r for run in runs for r in run["ar"]]
+    seeds = [r["seed"] for r in ar]
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"--merge: seeds overlap ({sorted(seeds)})")
+    config = dict(runs[0]["config"], seeds=len(seeds), merged=paths)
+    command = " and ".join(run["command"] for run in runs)
+    return summarise(command, sum(run["wall_s"] for run in runs), config, mdm, ar), argparse.Namespace(**config)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -341,7 +389,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--val-size", type=int, default=500)
     parser.add_argument("--test-size", type=int, default=500)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
+    parser.add_argument("--merge", nargs="+", metavar="JSON", help="report runs over disjoint seeds as one")
     args = parser.parse_args(argv)
+    if args.merge:
+        data, run_args = merge(args.merge)
+        write_results("star_revisited", render(data, run_args), data, plot(data), Path(args.out_dir))
+        return 0
     if args.quick:
         args.steps, args.seeds, args.val_size, args.test_size = 10, min(args.seeds, 1), 24, 24
     setup(args.threads)
@@ -349,22 +403,14 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     settings = parse_settings(args.settings, args.steps, args.layers)
     ar_setting = dict(loss="sft", lr=args.ar_lr, steps=args.steps, layers=args.layers)
-    calls = [("mdm", setting, seed, args) for setting in settings.values() for seed in range(args.seeds)]
-    calls += [("ar", ar_setting, seed, args) for seed in range(args.seeds)]
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    calls = [("mdm", setting, seed, args) for setting in settings.values() for seed in seeds]
+    calls += [("ar", ar_setting, seed, args) for seed in seeds]
     records = run_parallel(_job, calls, args.jobs)
     mdm = {name: records[i * args.seeds : (i + 1) * args.seeds] for i, name in enumerate(settings)}
     ar = records[len(settings) * args.seeds :]
-    selected = max(mdm, key=lambda n: (mdm[n][0]["validation"]["path_accuracy"],
-                                       mdm[n][0]["validation"]["first_token_accuracy"]))  # fmt: skip
-    metrics = ("first_token_accuracy", "path_accuracy")
-    summary = {
-        "mdm": {n: {m: mean_std([r["test"][m] for r in rs]) for m in metrics} for n, rs in mdm.items()},
-        "ar": {m: mean_std([r["test"][m] for r in ar]) for m in metrics},
-    }
-    config = {k: v for k, v in vars(args).items() if k != "out_dir"}
-    cpu = round(sum(r["cpu_s"] for r in records), 1)
-    data = {"command": command, "wall_s": round(time.time() - start, 1), "cpu_s": cpu, "config": config,
-            "selected": selected, "summary": summary, "mdm": mdm, "ar": ar}  # fmt: skip
+    config = {k: v for k, v in vars(args).items() if k not in ("out_dir", "merge")}
+    data = summarise(command, time.time() - start, config, mdm, ar)
     write_results("star_revisited", render(data, args), data, plot(data), Path(args.out_dir))
     return 0
 

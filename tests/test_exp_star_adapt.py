@@ -44,6 +44,27 @@ def test_star_revisited_quick(tmp_path):
             assert set(test["lookups"]) and all(0 <= v <= 1 for v in test["lookups"].values())
 
 
+def test_star_revisited_parts_over_disjoint_seeds_merge_into_one_report(tmp_path):
+    """`--first-seed 1` trains seed 1 alone (no selection: seed 0 selects); `--merge` reports both parts as one run,
+    its means recomputed from the merged records, overlapping seeds refused."""
+    for first, out in ((0, "a"), (1, "b")):
+        assert star_revisited.main(["--quick", "--seeds", "1", "--first-seed", str(first), "--out-dir",
+                                    str(tmp_path / out)]) == 0  # fmt: skip
+    part = json.loads((tmp_path / "b" / "star_revisited.json").read_text())
+    assert part["selected"] is None and [r["seed"] for r in part["ar"]] == [1]
+    parts = [str(tmp_path / out / "star_revisited.json") for out in "ab"]
+    assert star_revisited.main(["--merge", *parts, "--out-dir", str(tmp_path / "m")]) == 0
+    merged = json.loads((tmp_path / "m" / "star_revisited.json").read_text())
+    assert [r["seed"] for r in merged["ar"]] == [0, 1] and merged["config"]["seeds"] == 2
+    first = json.loads((tmp_path / "a" / "star_revisited.json").read_text())
+    assert merged["selected"] == first["selected"]
+    values = [r["test"]["first_token_accuracy"] for r in merged["ar"]]
+    assert merged["summary"]["ar"]["first_token_accuracy"]["mean"] == pytest.approx(sum(values) / 2)
+    assert "and python experiments/star_revisited.py" in (tmp_path / "m" / "star_revisited.md").read_text()
+    with pytest.raises(SystemExit, match="overlap"):
+        star_revisited.main(["--merge", parts[0], parts[0], "--out-dir", str(tmp_path / "x")])
+
+
 def test_adaptation_quick(tmp_path):
     assert adaptation.main(["--quick", "--out-dir", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "adaptation.json").read_text())
