@@ -22,7 +22,13 @@ loss estimators:
   are unbiased for the same bound; with L = 4 answer tokens the 1 / t weight reaches 1000 (t = eps) where L / k is
   at most 4, so the gradient is far less noisy (tests/test_exp_star_adapt.py measures both).
 
-    python experiments/star_revisited.py --seeds 2 --jobs 6     # full run: 6 models of 500 steps (see the results)
+The results (results/star_revisited.md; the 500-step diagnostic run is results/star_revisited_500steps.md):
+
+    python experiments/star_revisited.py --seeds 2 --jobs 2 --steps 8000 --settings sft:2e-3,count:2e-3,count:1e-3 \
+        --out-dir A                                          # 2164 s wall, 2 processes
+    python experiments/star_revisited.py --seeds 2 --first-seed 2 --jobs 2 --steps 8000 \
+        --settings sft:2e-3,count:2e-3 --out-dir B           # 1438 s: seeds 2, 3
+    python experiments/star_revisited.py --merge A/star_revisited.json B/star_revisited.json   # one 4-seed report
     python experiments/star_revisited.py --quick                # seconds: checks the script runs
 """
 
