@@ -15,6 +15,16 @@ import llada_hf  # noqa: E402  (registers the Auto classes)
 GOLDEN_DIR = Path(__file__).parent / "fixtures" / "golden_tiny"
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models on the 2 shared cores run several times faster on one torch thread (two oversubscribe); modules
+    opt in with `pytestmark = pytest.mark.usefixtures("one_thread")`. The setting is restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def golden_dir() -> Path:
     return GOLDEN_DIR

@@ -17,12 +17,7 @@ EOS, BOS, DIGIT0 = 0, 2, 3
 TIMES, ASK, PLUS, EQ, ANS = 13, 14, 15, 16, 17
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def number(tokens: list[int]) -> int:

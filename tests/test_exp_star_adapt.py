@@ -20,13 +20,7 @@ from planning import ANSWER_SEP, EDGE_SEP, FIRST_NODE, GOAL, START, ClockWalk, S
 
 from llada_hf.training import sft_loss  # noqa: E402
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_star_revisited_quick(tmp_path):

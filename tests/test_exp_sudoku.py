@@ -16,13 +16,7 @@ sys.path.insert(0, str(EXPERIMENTS))
 import sudoku  # noqa: E402
 from common import BOS, FIRST_FREE_ID  # noqa: E402
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def peers(box_rows: int, box_cols: int, i: int) -> set[int]:

@@ -26,12 +26,7 @@ LLADA2_DIR, MOE_DIR, LLADA_DIR = FIXTURES / "llada2_tiny", FIXTURES / "lladamoe_
 ATTN = ["sdpa", "eager"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores: tiny forwards are several times faster on one thread
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -19,12 +19,7 @@ LONG = [994, 27, 742, 995, 356, 951, 274, 455, 6, 599, 292, 523, 801, 840, 292]
 MASK, EOS = 1000, 1001
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -26,12 +26,7 @@ LORA_TARGETS = {
 MOE_BLOCK = {"llada2": "LLaDA2SparseMoeBlock", "lladamoe": "LLaDAMoESparseMoeBlock"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def load(family):

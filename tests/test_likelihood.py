@@ -26,12 +26,7 @@ from llada_hf.likelihood import (
 MASK_ID = 1000
 
 
-@pytest.fixture(autouse=True)
-def _few_threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores: tiny forwards gain nothing from more threads
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -49,13 +49,7 @@ REPO = Path(__file__).resolve().parents[1]
 MASK, EOS, BOS = 1000, 1001, 1002
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models on shared cores: 2 threads were 10x slower than 1 (oversubscription)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _script(name: str):
