@@ -114,7 +114,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     model, tokenizer = _load(args)
     if args.format == "official":
-        export_official(model, args.output)
+        export_official(model, args.output, tokenizer=tokenizer)
     else:
         export_remote_code(model, args.output, tokenizer=tokenizer)
     print(f"wrote {args.format} checkpoint to {args.output}")
