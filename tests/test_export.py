@@ -99,6 +99,7 @@ def test_export_official_keeps_bf16(tmp_path):
 def lora_model(family: str):
     peft = pytest.importorskip("peft")
     config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS[family], init_lora_weights=False)
+    torch.manual_seed(0)  # random A and B (not the zero B of a fresh adapter): the adapter moves the logits
     return peft.get_peft_model(load(family), config).eval()
 
 
@@ -110,14 +111,14 @@ def test_lora_is_merged_before_export(family, tmp_path):
     with torch.no_grad():
         expected = peft_model(ids).logits
         plain = load(family)(ids).logits
-    assert (expected - plain).abs().max() > 1e-3  # the adapter changes the model: a dropped adapter would show
+    assert (expected - plain).abs().max() > 1e-2  # the adapter changes the model: a dropped adapter would show
     for export in (export_official, export_remote_code):
         out = export(peft_model, tmp_path / export.__name__)
         tensors = read_tensors(out / "model.safetensors")
         assert not [key for key in tensors if "lora" in key or "base_layer" in key]
         with torch.no_grad():
             got = AutoModel.from_pretrained(out).eval()(ids).logits
-        assert torch.allclose(got, expected, atol=1e-5), export.__name__
+        assert torch.allclose(got, expected, atol=1e-4), export.__name__  # W + BA vs Wx + B(Ax): fp32 rounding
     after = peft_model.state_dict()  # the caller's model keeps its adapter, unmerged
     assert sorted(after) == sorted(before) and all(torch.equal(after[k], before[k]) for k in before)
 
