@@ -122,7 +122,10 @@ def official_state_dict(model) -> dict[str, torch.Tensor]:
     mapping = {LLaDAModelLM: OFFICIAL_KEY_MAPPING, LLaDA2MoeModelLM: LLADA2_OFFICIAL_KEY_MAPPING}.get(family, {})
     rules = _native_to_official_rules(mapping)
     renamed = {}
+    tied = getattr(model.config, "tie_word_embeddings", False)  # the official files then have no output matrix
     for key, tensor in model.state_dict().items():
+        if tied and key == "lm_head.weight":
+            continue
         for pattern, replacement in rules:
             if pattern.search(key):
                 key = pattern.sub(replacement, key, count=1)

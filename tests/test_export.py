@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_model
 from safetensors import safe_open
 from transformers import AutoModel
 
@@ -94,6 +95,16 @@ def test_export_official_keeps_bf16(tmp_path):
     tensors = read_tensors(out / "model.safetensors")
     assert {tensor.dtype for tensor in tensors.values()} == {torch.bfloat16}
     assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+
+
+def test_tied_head_exports_without_output_matrix(tmp_path):
+    model = tiny_model(tie_word_embeddings=True)
+    out = export_official(model, tmp_path / "out")
+    assert "model.transformer.ff_out.weight" not in read_tensors(out / "model.safetensors")
+    assert json.loads((out / "config.json").read_text())["weight_tying"] is True
+    ids = torch.tensor([[5, 6, 7, 8, 1000]])
+    with torch.no_grad():
+        assert torch.equal(AutoModel.from_pretrained(out).eval()(ids).logits, model(ids).logits)
 
 
 def lora_model(family: str):
