@@ -1,9 +1,10 @@
 """lm-evaluation-harness backend for LLaDA: `--model llada_hf`, a subclass of lm-eval's `HFLM`.
 
-Importing this module registers "llada_hf" with `lm_eval`. The `lm_eval` CLI only knows its built-in models (no plugin
-discovery), so run it through this module, which registers itself and then calls lm-eval's CLI:
+Importing this module registers "llada_hf" with `lm_eval`. lm-eval 0.4.13's CLI only knows its built-in models (its
+registry reads no entry points), so plain `lm_eval --model llada_hf` cannot find it: run `llada-hf eval` (or this
+module), which registers the model, checks the arguments and then runs lm-eval's CLI:
 
-    python -m llada_hf.lm_eval_backend --model llada_hf --model_args pretrained=GSAI-ML/LLaDA-8B-Base,preset=base \\
+    llada-hf eval --model llada_hf --model_args pretrained=GSAI-ML/LLaDA-8B-Base,preset=base \\
         --tasks arc_challenge --batch_size 32
 
 or from Python: `import llada_hf.lm_eval_backend` and then `lm_eval.simple_evaluate(model="llada_hf", ...)`.
@@ -13,7 +14,9 @@ templates, request sorting and batching, and data parallelism. Only what diffusi
 
 - `loglikelihood`: the Monte-Carlo ELBO (`llada_hf.likelihood.batch_log_likelihood`); `mc_num` / `mc_batch_size` set
   the estimator, `--batch_size` the rows per forward. `is_greedy` is only computed with `is_check_greedy=True`.
-- `loglikelihood_rolling`: the ELBO summed over lm-eval's disjoint rolling windows (a lower bound).
+- `_encode_pair`: a context rendered by the chat template is tokenised as `generate()`/`pipeline` see the prompt and
+  the continuation on its own (HFLM tokenises them together, which moves the header's "\\n\\n" into the answer).
+- `loglikelihood_rolling`: HFLM's, with windows one token shorter (the ELBO reads context + the whole window).
 - `generate_until`: `model.generate()` (the diffusion sampler), `until` passed as `stop_strings` (a row stops spending
   forwards once its final prefix holds a stop sequence), the text cut at the first stop sequence.
 
@@ -28,7 +31,10 @@ import logging
 import math
 import sys
 from collections import defaultdict
+from collections.abc import Callable
+from functools import partial
 from importlib import resources
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import lm_eval.models  # noqa: F401  (registers the built-in models first; get_model() skips that if ours is alone)
@@ -37,9 +43,10 @@ import transformers
 from lm_eval.api.model import CacheHook
 from lm_eval.api.registry import model_registry, register_model
 from lm_eval.models.huggingface import HFLM
-from lm_eval.utils import get_rolling_token_windows, make_disjoint_window, simple_parse_args_string
+from lm_eval.utils import simple_parse_args_string
 from tqdm import tqdm
 
+from .errors import UsageError
 from .likelihood import METHODS, batch_log_likelihood
 
 logger = logging.getLogger(__name__)
@@ -59,6 +66,38 @@ TASK_LENGTH_KEYS = ("max_gen_toks", "max_new_tokens", "max_tokens", "max_complet
 RENAMED = {"rows_per_forward": "batch_size", "gen_batch_size": "batch_size", "model_path": "pretrained"}
 
 PRESETS_FILE = "lm_eval_presets.json"  # in the package's hub_configs
+
+# Numeric settings by the name the user writes: (must be an integer, minimum).
+NUMERIC: dict[str, tuple[bool, float]] = {
+    "mc_num": (True, 1), "mc_batch_size": (True, 1), "seed": (True, 0), "max_new_tokens": (True, 1),
+    "gen_length": (True, 1), "steps": (True, 1), "block_length": (True, 1), "batch_size": (True, 1),
+    "max_batch_size": (True, 1), "cfg": (False, 0.0), "cfg_scale": (False, 0.0), "temperature": (False, 0.0),
+}  # fmt: skip
+# Where a generation setting came from, by rank (lowest first): named in the schedule error.
+SOURCES = ("HFLM's default", "the preset", "the checkpoint's generation_config.json", "the task's max_gen_toks",
+           "--model_args", "--gen_kwargs")  # fmt: skip
+
+
+def check_settings(values: dict[str, Any], error: type[ValueError] = UsageError) -> dict[str, Any]:
+    """`values` with each numeric setting (`NUMERIC`) as a number. `error` names the first one that is not a finite
+    number at or above its minimum (an integer where one is needed): `mc_num=0` would divide by zero, `temperature=-1`
+    would reach the sampler. None means unset; `batch_size` may also be HFLM's "auto" / "auto:N"."""
+    out = dict(values)
+    for name, value in values.items():
+        if name not in NUMERIC or value is None or (name == "batch_size" and str(value).startswith("auto")):
+            continue
+        integer, minimum = NUMERIC[name]
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        wrong_type = isinstance(value, bool) or (integer and not number.is_integer())
+        if wrong_type or not math.isfinite(number) or number < minimum:
+            kind = "an integer" if integer else "a finite number"
+            extra = " or auto" if name == "batch_size" else ""
+            raise error(f"llada_hf: {name}={value!r} is not valid; it must be {kind} >= {minimum:g}{extra}.")
+        out[name] = int(number) if integer else number
+    return out
 
 
 def load_presets() -> dict[str, dict[str, dict[str, Any]]]:
@@ -97,19 +136,25 @@ def _gen_settings(values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _fit_schedule(settings: dict[str, Any], levels: dict[str, int], ref_lengths: dict[int, int]) -> dict[str, Any]:
-    """Steps and block length set below the level that chose the answer length were meant for another length:
-    keep the tokens per step, and drop a block length that does not divide the new length (one block)."""
-    length = int(settings["max_new_tokens"])
-    block = settings.get("block_length")
-    if block and levels["block_length"] < levels["max_new_tokens"] and (block > length or length % block):
-        settings["block_length"] = block = None
-    steps = settings.get("steps")
-    if steps and levels["steps"] < levels["max_new_tokens"]:
-        ref = ref_lengths.get(levels["steps"])
-        steps = max(1, round(steps * length / ref)) if ref else min(steps, length)
-        blocks = length // (block or length)
-        settings["steps"] = max(blocks, steps // blocks * blocks)
+def _check_schedule(settings: dict[str, Any], levels: dict[str, int], layers: list[dict[str, Any]]) -> dict[str, Any]:
+    """`settings`, unless steps or block length were set for another answer length than the one in use (they come
+    from a lower rank whose own max_new_tokens differs): then a ValueError with the fix. Rescaling them silently
+    would run a schedule nobody asked for."""
+    length = settings["max_new_tokens"]
+    stale = [
+        key for key in ("steps", "block_length")
+        if key in settings and levels[key] < levels["max_new_tokens"]
+        and layers[levels[key]].get("max_new_tokens", length) != length
+    ]  # fmt: skip
+    if stale:
+        level = levels[stale[0]]
+        given = " and ".join(f"{key}={settings[key]}" for key in stale)
+        raise ValueError(
+            f"llada_hf: {given} from {SOURCES[level]} (meant for max_new_tokens={layers[level]['max_new_tokens']}) "
+            f"do not fit max_new_tokens={length} from {SOURCES[levels['max_new_tokens']]}. Set the schedule for "
+            f"{length} tokens (e.g. --gen_kwargs steps={length},block_length={length}) or the length in --model_args "
+            f"(gen_length={layers[level]['max_new_tokens']})."
+        )
     return settings
 
 
@@ -153,25 +198,33 @@ class LLaDAEvalHarness(HFLM):
         for old, new in RENAMED.items():
             if old in kwargs:
                 raise ValueError(f"llada_hf: `{old}` is now `{new}` (see docs/EVAL.md).")
+        # Every setting is checked before HFLM loads anything (UsageError: `llada-hf eval` exits 2 with one line).
         ours = {key: kwargs.pop(key) for key in list(kwargs) if key in DEFAULTS or key in ALIASES or key in GEN_KEYS}
+        ours = check_settings(ours)
+        check_settings({"batch_size": kwargs.get("batch_size")})
+        seed, max_batch_size = check_settings({"seed": seed, "max_batch_size": max_batch_size}).values()
         if preset is not None and preset not in PRESETS:
-            raise ValueError(f"Unknown preset {preset!r}; valid: {sorted(PRESETS)}.")
+            raise UsageError(f"llada_hf: unknown preset={preset!r}; valid: {sorted(PRESETS)}.")
         if method not in METHODS:
-            raise ValueError(f"Unknown method {method!r}; valid: {METHODS}.")
-        if "cfg" in ours and "cfg_scale" in ours and float(ours["cfg"]) != float(ours["cfg_scale"]):
-            raise ValueError("Pass either cfg or cfg_scale, not both.")
+            raise UsageError(f"llada_hf: unknown method={method!r}; valid: {METHODS}.")
+        if "cfg" in ours and "cfg_scale" in ours and ours["cfg"] != ours["cfg_scale"]:
+            raise UsageError("llada_hf: pass either cfg or cfg_scale, not both.")
         if "cfg_scale" in ours:
             ours["cfg"] = ours["cfg_scale"]
+        self.preset, self.method, self.seed = preset, method, seed
+        self.explicit = {key: ours[key] for key in ("mc_num", "mc_batch_size", "cfg") if key in ours}
+        self.explicit_gen = _gen_settings(ours)
+        for task in [None, *PRESETS.get(preset, {})]:  # the estimator settings of every task the preset names
+            self.likelihood_settings(task, error=UsageError)
         if device is None:  # HFLM's rule for a device it does not know (its default is the literal "cuda")
             device = "cuda" if torch.cuda.is_available() else "cpu"
         kwargs.setdefault("backend", "causal")
         self._quantize = kwargs.pop("quantize", None) or None
+        self._chat_prompts: set[str] = set()
+        self._rolling = 0
         super().__init__(pretrained, dtype=dtype, device=device, max_batch_size=max_batch_size or 64, **kwargs)
-        self.max_batch_cap = None if max_batch_size is None else int(max_batch_size)
-        self.preset, self.method, self.seed = preset, method, int(seed)
+        self.max_batch_cap = max_batch_size
         self.is_check_greedy = str(is_check_greedy).lower() in ("1", "true", "yes")
-        self.explicit = {key: ours[key] for key in ("mc_num", "mc_batch_size", "cfg") if key in ours}
-        self.explicit_gen = _gen_settings(ours)
         self.mask_id = int(mask_id) if mask_id is not None else getattr(self.config, "mask_token_id", None)
         if self.mask_id is None:
             raise ValueError("The model config has no mask_token_id; pass mask_id=... in --model_args.")
@@ -185,9 +238,8 @@ class LLaDAEvalHarness(HFLM):
                 if getattr(generation_config, key, None) != getattr(defaults, key, None)
             }  # fmt: skip
         self._auto_rows = None
-        self._chat_templated = self._warned = False
+        self._warned = False
         self._task = None
-        self.likelihood_settings(None)  # fail now when the explicit settings cannot work
 
     def _create_model(self, *args: Any, quantization_config: Any = None, **kwargs: Any) -> None:
         """HFLM's loading, with `quantize=` turned into from_pretrained's `quantization_config` (HFLM reads one only
@@ -227,25 +279,24 @@ class LLaDAEvalHarness(HFLM):
             self._auto_rows = int(self._detect_batch_size())  # HFLM's search, from max_batch_size down
         return self._auto_rows
 
-    def likelihood_settings(self, task_name: str | None) -> dict[str, Any]:
+    def likelihood_settings(self, task_name: str | None, error: type[ValueError] = ValueError) -> dict[str, Any]:
         """Estimator settings: official defaults < the task's preset entry < --model_args. An unset mc_batch_size
         is gcd(mc_num, 32) (32 for the official mc_num 128)."""
         preset = {k: v for k, v in preset_for_task(self.preset, task_name).items() if k in DEFAULTS}
-        settings = {**DEFAULTS, **preset, **self.explicit}
-        settings = {"mc_num": int(settings["mc_num"]), "mc_batch_size": int(settings["mc_batch_size"]),
-                    "cfg": float(settings["cfg"])}  # fmt: skip
+        settings = check_settings({**DEFAULTS, **preset, **self.explicit}, error)
+        settings = {key: settings[key] for key in ("mc_num", "mc_batch_size", "cfg")}
         if "mc_batch_size" not in self.explicit and "mc_batch_size" not in preset:
             settings["mc_batch_size"] = math.gcd(settings["mc_num"], DEFAULTS["mc_batch_size"])
         if self.method == "mc" and settings["mc_num"] % settings["mc_batch_size"]:
-            raise ValueError(
-                f"mc_num ({settings['mc_num']}) must be divisible by mc_batch_size ({settings['mc_batch_size']})."
-            )
+            mc_num, mc_batch_size = settings["mc_num"], settings["mc_batch_size"]
+            raise error(f"llada_hf: mc_num={mc_num} must be divisible by mc_batch_size={mc_batch_size}.")
         return settings
 
     def generation_settings(self, task_name: str | None, gen_kwargs: dict[str, Any] | None) -> dict[str, Any]:
         """generate() settings, lowest first: the preset entry, the checkpoint's generation_config.json, the task's
         max_gen_toks (length only), --model_args, diffusion keys in the request's gen_kwargs (`--gen_kwargs`).
-        Without any length: HFLM's max_gen_toks (256). A task's temperature counts with do_sample only."""
+        Without any length: HFLM's max_gen_toks (256). A task's temperature counts with do_sample only. Steps or a
+        block length meant for another length than the one in use are a ValueError (`_check_schedule`)."""
         gen_kwargs = dict(gen_kwargs or {})
         preset = preset_for_task(self.preset, task_name)
         task_length = next((gen_kwargs[k] for k in TASK_LENGTH_KEYS if gen_kwargs.get(k) is not None), None)
@@ -263,22 +314,27 @@ class LLaDAEvalHarness(HFLM):
         ]
         settings, levels = {}, {}
         for level, layer in enumerate(layers):
-            for key, value in layer.items():
+            for key, value in check_settings(layer, ValueError).items():
                 settings[key], levels[key] = value, level
-        levels.setdefault("steps", -1)
-        levels.setdefault("block_length", -1)
-        ref_lengths = {
-            level: layer["max_new_tokens"] for level, layer in enumerate(layers) if "max_new_tokens" in layer
-        }
-        return _fit_schedule(settings, levels, ref_lengths)
+        return _check_schedule(settings, levels, layers)
 
     # ----------------------------------------------------------------------------------------------------------------
     # Likelihood
 
-    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
-        """ELBO of each continuation; requests with equal estimator settings are scored together, in request order
-        (so the random draws are those of the official loop)."""
-        self._warn_delimiter(requests)
+    @property
+    def max_length(self) -> int:
+        """HFLM's max_length, one token less while HFLM cuts rolling windows: an autoregressive model reads a window
+        without its last token, the ELBO reads context + the whole window."""
+        return self.positions - self._rolling
+
+    @property
+    def positions(self) -> int:
+        """The tokens one scored sequence may hold (HFLM's max_length: the config's max_position_embeddings)."""
+        return super().max_length
+
+    def _by_settings(self, requests, score: Callable[[list], list]) -> list:
+        """`score` on each group of requests with equal estimator settings (the group's task in `self._task`), in
+        request order, so the random draws are those of the official loop; results in request order."""
         groups: dict[tuple, list[int]] = defaultdict(list)
         for index, request in enumerate(requests):
             groups[tuple(self.likelihood_settings(request.task_name).values())].append(index)
@@ -286,34 +342,63 @@ class LLaDAEvalHarness(HFLM):
         for indices in groups.values():
             self._task = requests[indices[0]].task_name
             try:
-                values = super().loglikelihood([requests[i] for i in indices], disable_tqdm=disable_tqdm)
+                values = score([requests[i] for i in indices])
             finally:
                 self._task = None
             for i, value in zip(indices, values):
                 results[i] = value
         return results
 
+    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        """ELBO of each continuation (HFLM's tokenisation and `_loglikelihood_tokens` below), per settings group."""
+        self._warn_delimiter(requests)
+        return self._by_settings(requests, partial(HFLM.loglikelihood, self, disable_tqdm=disable_tqdm))
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        """HFLM's rolling windows and sums, per settings group; each window is scored given the tokens before it that
+        still fit (one for a full window, the prefix token for the first). A lower bound on the log-likelihood."""
+        self._rolling = 1
+        try:
+            return self._by_settings(requests, partial(HFLM.loglikelihood_rolling, self, disable_tqdm=disable_tqdm))
+        finally:
+            self._rolling = 0
+
     def apply_chat_template(self, chat_history, add_generation_prompt: bool = True) -> str:
-        self._chat_templated = True
-        return super().apply_chat_template(chat_history, add_generation_prompt=add_generation_prompt)
+        """HFLM's rendering; the prompt is remembered so that `_encode_pair` tokenises it as generate() sees it."""
+        prompt = super().apply_chat_template(chat_history, add_generation_prompt=add_generation_prompt)
+        self._chat_prompts.add(prompt)
+        return prompt
+
+    def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """After a chat template: the prompt tokenised as `generate()`/`pipeline` see it (the rendered text, no
+        special tokens added) and the continuation on its own, as `llada_hf.likelihood` scores an answer and the SFT
+        loss trains it. HFLM instead moves the context's trailing whitespace (the assistant header's "\\n\\n") into
+        the continuation and tokenises both together: the byte-level pre-tokeniser then splits "\\n\\n" + digits
+        differently, so every choice is scored after a prompt the model never saw. Other contexts: HFLM's split."""
+        if context not in self._chat_prompts:
+            return super()._encode_pair(context, continuation)
+        return (
+            self.tok_encode(context, add_special_tokens=False),
+            self.tok_encode(continuation, add_special_tokens=False),
+        )
 
     def _warn_delimiter(self, requests) -> None:
-        """lm-eval's default target_delimiter puts a space before each choice; after a chat template's assistant
-        header the model never saw one, and the ELBO then scores the space more than the answer."""
-        if self._chat_templated and not self._warned and any(r.args[1][:1] == " " for r in requests):
+        """A continuation that starts with whitespace after a chat prompt (a task's target_delimiter kept, e.g. with a
+        gen_prefix or before lm-eval 0.4.13) is one the model never saw after the assistant header."""
+        if not self._warned and any(r.args[0] in self._chat_prompts and r.args[1][:1].isspace() for r in requests):
             self._warned = True
             logger.warning(
-                "llada_hf: with --apply_chat_template, continuations start with a space (lm-eval's default "
-                "target_delimiter ' '), which a chat model never saw after the assistant header: multiple-choice "
+                "llada_hf: with --apply_chat_template, continuations start with whitespace (the task's "
+                "target_delimiter), which a chat model never saw after the assistant header: multiple-choice "
                 'scores can drop to chance. Set `target_delimiter: ""` in the task (see docs/EVAL.md).'
             )
 
     def _fit_pair(self, context: list[int], continuation: list[int]) -> tuple[list[int], list[int]]:
         if not continuation:
             raise ValueError("A continuation encodes to no tokens: there is nothing to score.")
-        if len(continuation) >= self.max_length:
-            raise ValueError(f"Continuation of {len(continuation)} tokens does not fit max_length={self.max_length}.")
-        overflow = len(context) + len(continuation) - self.max_length
+        if len(continuation) >= self.positions:
+            raise ValueError(f"Continuation of {len(continuation)} tokens does not fit max_length={self.positions}.")
+        overflow = len(context) + len(continuation) - self.positions
         if overflow > 0:
             logger.warning("llada_hf: context cut by %d tokens from the left to fit max_length.", overflow)
             context = context[overflow:]
@@ -352,22 +437,6 @@ class LLaDAEvalHarness(HFLM):
         )  # fmt: skip
         return output[0, len(context) :].tolist() == continuation
 
-    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
-        """ELBO of whole documents, summed over disjoint rolling windows of max_length tokens (each window scored
-        given the tokens before it that still fit: one for a full window, the prefix token for the first)."""
-        totals = []
-        for request in tqdm(requests, desc="llada_hf loglikelihood_rolling", disable=disable_tqdm or self.rank != 0):
-            tokens = self.tok_encode(request.args[0], add_special_tokens=False)
-            windows = get_rolling_token_windows(tokens, self.prefix_token_id, self.max_length - 1, 1)
-            self._task = request.task_name
-            try:
-                scored = self._loglikelihood_tokens([(None, *make_disjoint_window(w)) for w in windows], True)
-            finally:
-                self._task = None
-            totals.append(sum(value for value, _ in scored))
-            self.cache_hook.add_partial("loglikelihood_rolling", request.args, totals[-1])
-        return totals
-
     # ----------------------------------------------------------------------------------------------------------------
     # Generation
 
@@ -382,7 +451,7 @@ class LLaDAEvalHarness(HFLM):
                 k: v for k, v in gen_kwargs.items() if k not in TASK_LENGTH_KEYS and ALIASES.get(k, k) not in GEN_KEYS
             }
             rest.pop("do_sample", None)
-            length = settings.pop("max_new_tokens")
+            length = settings.pop("max_new_tokens")  # HFLM's do_sample agrees with the temperature, so keeps it
             resolved.append(_Request((context, {**rest, **settings, "max_gen_toks": length,
                                                 "do_sample": settings["temperature"] > 0})))  # fmt: skip
         hook, self.cache_hook = self.cache_hook, CacheHook(None)  # results are cached under the original requests
@@ -395,10 +464,10 @@ class LLaDAEvalHarness(HFLM):
         return outputs
 
     def _model_generate(self, context, max_length, stop, **generation_kwargs):
-        """model.generate() on the left-padded batch; stop sequences end a row's forwards early."""
+        """model.generate() on the left-padded batch with every resolved sampler setting as given (temperature 0
+        included: dropping it would let the checkpoint's generation_config decide); stop sequences end a row's
+        forwards early. `do_sample` is HFLM's, derived from the temperature; the diffusion sampler has none."""
         generation_kwargs.pop("do_sample", None)
-        if not generation_kwargs.get("temperature"):
-            generation_kwargs.pop("temperature", None)
         attention_mask = generation_kwargs.pop("attention_mask", None)
         if attention_mask is not None and bool(attention_mask.all()):
             attention_mask = None
@@ -419,13 +488,43 @@ def register() -> None:
 register()
 
 
-def main(argv: list[str] | None = None) -> None:
-    """lm-eval's CLI with "llada_hf" registered: `python -m llada_hf.lm_eval_backend <lm_eval arguments>`."""
-    from lm_eval.__main__ import cli_evaluate
+def check_cli_args(args: Any) -> None:
+    """`llada-hf eval`'s checks of lm-eval's parsed `run` arguments, before lm-eval indexes tasks or loads a model:
+    the model settings (`check_settings`), a local `pretrained` path that does not exist, a CUDA device without CUDA.
+    A name that could be a hub id ("org/name") is left to the hub."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
 
-    if argv is not None:
-        sys.argv = [sys.argv[0], *argv]
-    cli_evaluate()
+    model_args = args.model_args if isinstance(args.model_args, dict) else simple_parse_args_string(args.model_args)
+    check_settings(model_args)
+    check_settings({"batch_size": args.batch_size, "max_batch_size": args.max_batch_size})
+    pretrained = model_args.get("pretrained")
+    if isinstance(pretrained, str) and not Path(pretrained).expanduser().exists():
+        try:
+            validate_repo_id(pretrained)
+        except HFValidationError:
+            raise UsageError(f"llada_hf: pretrained={pretrained!r}: no such local model folder.") from None
+    for flag, device in (("--device", args.device), ("device", model_args.get("device"))):
+        if str(device or "").startswith("cuda") and not torch.cuda.is_available():
+            raise UsageError(f"llada_hf: {flag} {device}: no CUDA device is available here (use --device cpu).")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """lm-eval's CLI (`lm_eval.__main__.cli_evaluate`, step by step) with "llada_hf" registered and as the default
+    `--model`, and `check_cli_args` run before lm-eval does any work. `llada-hf eval` calls this."""
+    from lm_eval._cli import HarnessCLI
+    from lm_eval.utils import setup_logging
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in ("run", "ls", "validate", "-h", "--help") and "--model" not in argv:
+        argv = ["--model", MODEL_NAME, *argv]  # `-M` / `--model=` spellings are lm-eval's and pass through
+    sys.argv = [sys.argv[0], *argv]
+    setup_logging()
+    parser = HarnessCLI()
+    args = parser.parse_args()
+    if getattr(args, "command", None) == "run" and args.model == MODEL_NAME:
+        check_cli_args(args)
+    parser.execute(args)
 
 
 if __name__ == "__main__":
@@ -437,6 +536,8 @@ __all__ = [
     "MODEL_NAME",
     "PRESETS",
     "LLaDAEvalHarness",
+    "check_cli_args",
+    "check_settings",
     "load_presets",
     "main",
     "preset_for_task",
