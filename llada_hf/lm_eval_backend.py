@@ -137,14 +137,15 @@ def _gen_settings(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_schedule(settings: dict[str, Any], levels: dict[str, int], layers: list[dict[str, Any]]) -> dict[str, Any]:
-    """`settings`, unless steps or block length were set for another answer length than the one in use (they come
-    from a lower rank whose own max_new_tokens differs): then a ValueError with the fix. Rescaling them silently
-    would run a schedule nobody asked for."""
+    """`settings`, unless steps (or a block length that does not divide the length) were set for another answer
+    length than the one in use (at a lower rank whose own max_new_tokens differs): then a ValueError with the fix.
+    Rescaling them silently would run a schedule nobody asked for."""
     length = settings["max_new_tokens"]
     stale = [
         key for key in ("steps", "block_length")
         if key in settings and levels[key] < levels["max_new_tokens"]
         and layers[levels[key]].get("max_new_tokens", length) != length
+        and (key == "steps" or length % settings[key])  # a block length that divides the new length still fits
     ]  # fmt: skip
     if stale:
         level = levels[stale[0]]
@@ -464,10 +465,13 @@ class LLaDAEvalHarness(HFLM):
         return outputs
 
     def _model_generate(self, context, max_length, stop, **generation_kwargs):
-        """model.generate() on the left-padded batch with every resolved sampler setting as given (temperature 0
-        included: dropping it would let the checkpoint's generation_config decide); stop sequences end a row's
-        forwards early. `do_sample` is HFLM's, derived from the temperature; the diffusion sampler has none."""
-        generation_kwargs.pop("do_sample", None)
+        """model.generate() on the left-padded batch with every resolved sampler setting as given, and `do_sample`
+        (= temperature > 0, generate()'s own rule) so that a checkpoint whose generation_config samples cannot
+        overrule temperature 0; at 0 the temperature itself is left out (do_sample=False says greedy, and
+        transformers warns about a temperature it ignores). Stop sequences end a row's forwards early."""
+        generation_kwargs["do_sample"] = generation_kwargs.get("temperature", 0.0) > 0
+        if not generation_kwargs["do_sample"]:
+            generation_kwargs.pop("temperature", None)
         attention_mask = generation_kwargs.pop("attention_mask", None)
         if attention_mask is not None and bool(attention_mask.all()):
             attention_mask = None
