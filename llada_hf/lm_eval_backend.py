@@ -499,16 +499,17 @@ def check_cli_args(args: Any) -> None:
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
-    model_args = args.model_args if isinstance(args.model_args, dict) else simple_parse_args_string(args.model_args)
+    model_args = getattr(args, "model_args", None) or {}
+    model_args = model_args if isinstance(model_args, dict) else simple_parse_args_string(model_args)
     check_settings(model_args)
-    check_settings({"batch_size": args.batch_size, "max_batch_size": args.max_batch_size})
+    check_settings({key: getattr(args, key, None) for key in ("batch_size", "max_batch_size")})
     pretrained = model_args.get("pretrained")
     if isinstance(pretrained, str) and not Path(pretrained).expanduser().exists():
         try:
             validate_repo_id(pretrained)
         except HFValidationError:
             raise UsageError(f"llada_hf: pretrained={pretrained!r}: no such local model folder.") from None
-    for flag, device in (("--device", args.device), ("device", model_args.get("device"))):
+    for flag, device in (("--device", getattr(args, "device", None)), ("device", model_args.get("device"))):
         if str(device or "").startswith("cuda") and not torch.cuda.is_available():
             raise UsageError(f"llada_hf: {flag} {device}: no CUDA device is available here (use --device cpu).")
 
@@ -520,8 +521,10 @@ def main(argv: list[str] | None = None) -> None:
     from lm_eval.utils import setup_logging
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] not in ("run", "ls", "validate", "-h", "--help") and "--model" not in argv:
-        argv = ["--model", MODEL_NAME, *argv]  # `-M` / `--model=` spellings are lm-eval's and pass through
+    start = 1 if argv[:1] == ["run"] else 0
+    named = any(arg in ("--model", "-M") or arg.startswith("--model=") for arg in argv)
+    if argv[start:] and argv[start] not in ("ls", "validate", "-h", "--help") and not named:
+        argv.insert(start, f"--model={MODEL_NAME}")
     sys.argv = [sys.argv[0], *argv]
     setup_logging()
     parser = HarnessCLI()
