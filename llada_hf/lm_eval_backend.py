@@ -1,27 +1,19 @@
 """lm-evaluation-harness backend for LLaDA: `--model llada_hf`, a subclass of lm-eval's `HFLM`.
 
-Importing this module registers "llada_hf" with `lm_eval`. lm-eval 0.4.13's CLI only knows its built-in models (its
-registry reads no entry points), so plain `lm_eval --model llada_hf` cannot find it: run `llada-hf eval` (or this
-module), which registers the model, checks the arguments and then runs lm-eval's CLI:
+Importing this module registers "llada_hf" with lm-eval. lm-eval 0.4.13's registry reads no entry points, so plain
+`lm_eval --model llada_hf` cannot find it: `llada-hf eval <lm_eval arguments>` (this module's `main`) registers it,
+makes it the default model, checks the arguments and runs lm-eval's CLI. From Python: import this module, then
+`lm_eval.simple_evaluate(model="llada_hf", ...)`.
 
-    llada-hf eval --model llada_hf --model_args pretrained=GSAI-ML/LLaDA-8B-Base,preset=base \\
-        --tasks arc_challenge --batch_size 32
-
-or from Python: `import llada_hf.lm_eval_backend` and then `lm_eval.simple_evaluate(model="llada_hf", ...)`.
-
-`HFLM` does the loading (device, dtype, device_map / parallelize, peft, revision, quantisation), tokenisation, chat
-templates, request sorting and batching, and data parallelism. Only what diffusion changes is overridden:
-
+`HFLM` does the loading, tokenisation, chat templates, request sorting and batching, and data parallelism. Only what
+diffusion changes is overridden:
 - `loglikelihood`: the Monte-Carlo ELBO (`llada_hf.likelihood.batch_log_likelihood`); `mc_num` / `mc_batch_size` set
   the estimator, `--batch_size` the rows per forward. `is_greedy` is only computed with `is_check_greedy=True`.
-- `_encode_pair`: a context rendered by the chat template is tokenised as `generate()`/`pipeline` see the prompt and
-  the continuation on its own (HFLM tokenises them together, which moves the header's "\\n\\n" into the answer).
+- `_encode_pair`: a chat-templated context is tokenised as `generate()`/`pipeline` see the prompt, the continuation
+  on its own (HFLM tokenises them together, which moves the header's "\\n\\n" into the answer).
 - `loglikelihood_rolling`: HFLM's, with windows one token shorter (the ELBO reads context + the whole window).
-- `generate_until`: `model.generate()` (the diffusion sampler), `until` passed as `stop_strings` (a row stops spending
-  forwards once its final prefix holds a stop sequence), the text cut at the first stop sequence.
-
-Per-task settings (`preset=base|instruct|instruct_semi_ar|llada1.5`) follow the official evaluation; they are data,
-`hub_configs/lm_eval_presets.json` (loaded into `PRESETS`); see `docs/EVAL.md`.
+- `generate_until`: `model.generate()` (the diffusion sampler), `until` passed as `stop_strings`.
+Per-task settings (`preset=...`) are data, `hub_configs/lm_eval_presets.json` (`PRESETS`); see docs/EVAL.md.
 """
 
 from __future__ import annotations
@@ -35,7 +27,8 @@ from collections.abc import Callable
 from functools import partial
 from importlib import resources
 from pathlib import Path
-from typing import Any, NamedTuple
+from types import SimpleNamespace
+from typing import Any
 
 import lm_eval.models  # noqa: F401  (registers the built-in models first; get_model() skips that if ours is alone)
 import torch
@@ -66,22 +59,19 @@ TASK_LENGTH_KEYS = ("max_gen_toks", "max_new_tokens", "max_tokens", "max_complet
 RENAMED = {"rows_per_forward": "batch_size", "gen_batch_size": "batch_size", "model_path": "pretrained"}
 
 PRESETS_FILE = "lm_eval_presets.json"  # in the package's hub_configs
-
 # Numeric settings by the name the user writes: (must be an integer, minimum).
 NUMERIC: dict[str, tuple[bool, float]] = {
     "mc_num": (True, 1), "mc_batch_size": (True, 1), "seed": (True, 0), "max_new_tokens": (True, 1),
     "gen_length": (True, 1), "steps": (True, 1), "block_length": (True, 1), "batch_size": (True, 1),
     "max_batch_size": (True, 1), "cfg": (False, 0.0), "cfg_scale": (False, 0.0), "temperature": (False, 0.0),
 }  # fmt: skip
-# Where a generation setting came from, by rank (lowest first): named in the schedule error.
 SOURCES = ("HFLM's default", "the preset", "the checkpoint's generation_config.json", "the task's max_gen_toks",
            "--model_args", "--gen_kwargs")  # fmt: skip
 
 
 def check_settings(values: dict[str, Any], error: type[ValueError] = UsageError) -> dict[str, Any]:
-    """`values` with each numeric setting (`NUMERIC`) as a number. `error` names the first one that is not a finite
-    number at or above its minimum (an integer where one is needed): `mc_num=0` would divide by zero, `temperature=-1`
-    would reach the sampler. None means unset; `batch_size` may also be HFLM's "auto" / "auto:N"."""
+    """`values` with each numeric setting (`NUMERIC`) as a number, or `error` naming the first that is not a finite
+    number >= its minimum (an integer where needed). None is unset; `batch_size` may be HFLM's "auto" / "auto:N"."""
     out = dict(values)
     for name, value in values.items():
         if name not in NUMERIC or value is None or (name == "batch_size" and str(value).startswith("auto")):
@@ -137,9 +127,8 @@ def _gen_settings(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_schedule(settings: dict[str, Any], levels: dict[str, int], layers: list[dict[str, Any]]) -> dict[str, Any]:
-    """`settings`, unless steps (or a block length that does not divide the length) were set for another answer
-    length than the one in use (at a lower rank whose own max_new_tokens differs): then a ValueError with the fix.
-    Rescaling them silently would run a schedule nobody asked for."""
+    """`settings`, or a ValueError with the fix when steps (or a block length not dividing the length) come from a
+    lower rank (`SOURCES`) than the length, set there for another length. Never rescaled: nobody asked for that."""
     length = settings["max_new_tokens"]
     stale = [
         key for key in ("steps", "block_length")
@@ -159,26 +148,14 @@ def _check_schedule(settings: dict[str, Any], levels: dict[str, int], layers: li
     return settings
 
 
-class _Request(NamedTuple):
-    """What HFLM.generate_until reads from a request: its args (context, generation kwargs)."""
-
-    args: tuple[str, dict[str, Any]]
-
-
 class LLaDAEvalHarness(HFLM):
     """lm-eval's `HFLM` for LLaDA checkpoints: ELBO scoring and diffusion generation; everything else is HFLM's.
 
-    Model arguments besides HFLM's (`--model_args k=v,...`):
-        preset: per-task settings table (`PRESETS`): base, instruct, instruct_semi_ar, llada1.5.
-        mc_num, mc_batch_size, cfg (= cfg_scale): the likelihood estimator (official meaning: mc_num samples in
-            groups of mc_batch_size with stratified mask counts); method: "mc" (official), "stratified" or "exact";
-            seed: the stratified design's seed. is_check_greedy: compute `is_greedy` (one generate per request).
-        max_new_tokens (= gen_length), steps, block_length, remasking, temperature, suppress_eos_logits
-            (= logits_eos_inf), suppress_eos_confidence (= confidence_eos_eot_inf): generation (`generate()`).
-        mask_id: mask token id (default: the model config's).
-        quantize: int8 / int4 (torchao) or nf4 (bitsandbytes, CUDA) weights, as `llada_hf.quantize` (`--quantize`).
-    `--batch_size` is rows per forward (scoring) and prompts per `generate()` call, capped by `max_batch_size`.
-    """
+    Model arguments besides HFLM's (table in docs/EVAL.md): preset; mc_num, mc_batch_size, cfg (= cfg_scale),
+    method ("mc" official, "stratified", "exact"), seed, is_check_greedy (the estimator); max_new_tokens
+    (= gen_length), steps, block_length, remasking, temperature, suppress_eos_logits, suppress_eos_confidence
+    (generate()); mask_id; quantize (int8 / int4 torchao, nf4 bitsandbytes). `--batch_size` is rows per forward and
+    prompts per `generate()` call, capped by `max_batch_size`. All are checked before HFLM loads anything."""
 
     AUTO_MODEL_CLASS = transformers.AutoModel  # LLaDA's AutoModel is the model with its LM head
     _DEFAULT_MAX_LENGTH = 4096
@@ -198,12 +175,12 @@ class LLaDAEvalHarness(HFLM):
     ) -> None:
         for old, new in RENAMED.items():
             if old in kwargs:
-                raise ValueError(f"llada_hf: `{old}` is now `{new}` (see docs/EVAL.md).")
-        # Every setting is checked before HFLM loads anything (UsageError: `llada-hf eval` exits 2 with one line).
+                raise UsageError(f"llada_hf: `{old}` is now `{new}` (see docs/EVAL.md).")
         ours = {key: kwargs.pop(key) for key in list(kwargs) if key in DEFAULTS or key in ALIASES or key in GEN_KEYS}
         ours = check_settings(ours)
-        check_settings({"batch_size": kwargs.get("batch_size")})
-        seed, max_batch_size = check_settings({"seed": seed, "max_batch_size": max_batch_size}).values()
+        seed, max_batch_size, _ = check_settings(
+            {"seed": seed, "max_batch_size": max_batch_size, "batch_size": kwargs.get("batch_size")}
+        ).values()
         if preset is not None and preset not in PRESETS:
             raise UsageError(f"llada_hf: unknown preset={preset!r}; valid: {sorted(PRESETS)}.")
         if method not in METHODS:
@@ -238,9 +215,8 @@ class LLaDAEvalHarness(HFLM):
                 key: getattr(generation_config, key) for key in GEN_KEYS
                 if getattr(generation_config, key, None) != getattr(defaults, key, None)
             }  # fmt: skip
-        self._auto_rows = None
+        self._auto_rows = self._task = None
         self._warned = False
-        self._task = None
 
     def _create_model(self, *args: Any, quantization_config: Any = None, **kwargs: Any) -> None:
         """HFLM's loading, with `quantize=` turned into from_pretrained's `quantization_config` (HFLM reads one only
@@ -261,8 +237,7 @@ class LLaDAEvalHarness(HFLM):
         extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in arg_dict}
         return cls(**arg_dict, **extra)
 
-    # ----------------------------------------------------------------------------------------------------------------
-    # Settings
+    # -------------------------------------------------- Settings
 
     @property
     def batch_size(self):
@@ -289,15 +264,13 @@ class LLaDAEvalHarness(HFLM):
         if "mc_batch_size" not in self.explicit and "mc_batch_size" not in preset:
             settings["mc_batch_size"] = math.gcd(settings["mc_num"], DEFAULTS["mc_batch_size"])
         if self.method == "mc" and settings["mc_num"] % settings["mc_batch_size"]:
-            mc_num, mc_batch_size = settings["mc_num"], settings["mc_batch_size"]
-            raise error(f"llada_hf: mc_num={mc_num} must be divisible by mc_batch_size={mc_batch_size}.")
+            raise error("llada_hf: mc_num={mc_num} not divisible by mc_batch_size={mc_batch_size}".format(**settings))
         return settings
 
     def generation_settings(self, task_name: str | None, gen_kwargs: dict[str, Any] | None) -> dict[str, Any]:
-        """generate() settings, lowest first: the preset entry, the checkpoint's generation_config.json, the task's
-        max_gen_toks (length only), --model_args, diffusion keys in the request's gen_kwargs (`--gen_kwargs`).
-        Without any length: HFLM's max_gen_toks (256). A task's temperature counts with do_sample only. Steps or a
-        block length meant for another length than the one in use are a ValueError (`_check_schedule`)."""
+        """generate() settings, lowest first (`SOURCES`): HFLM's max_gen_toks (256), the preset entry, the checkpoint's
+        generation_config.json, the task's max_gen_toks (length only), --model_args, the request's gen_kwargs. A task's
+        temperature counts with do_sample only; a schedule meant for another length is refused (`_check_schedule`)."""
         gen_kwargs = dict(gen_kwargs or {})
         preset = preset_for_task(self.preset, task_name)
         task_length = next((gen_kwargs[k] for k in TASK_LENGTH_KEYS if gen_kwargs.get(k) is not None), None)
@@ -319,19 +292,13 @@ class LLaDAEvalHarness(HFLM):
                 settings[key], levels[key] = value, level
         return _check_schedule(settings, levels, layers)
 
-    # ----------------------------------------------------------------------------------------------------------------
-    # Likelihood
+    # -------------------------------------------------- Likelihood
 
     @property
     def max_length(self) -> int:
         """HFLM's max_length, one token less while HFLM cuts rolling windows: an autoregressive model reads a window
         without its last token, the ELBO reads context + the whole window."""
-        return self.positions - self._rolling
-
-    @property
-    def positions(self) -> int:
-        """The tokens one scored sequence may hold (HFLM's max_length: the config's max_position_embeddings)."""
-        return super().max_length
+        return super().max_length - self._rolling
 
     def _by_settings(self, requests, score: Callable[[list], list]) -> list:
         """`score` on each group of requests with equal estimator settings (the group's task in `self._task`), in
@@ -339,16 +306,14 @@ class LLaDAEvalHarness(HFLM):
         groups: dict[tuple, list[int]] = defaultdict(list)
         for index, request in enumerate(requests):
             groups[tuple(self.likelihood_settings(request.task_name).values())].append(index)
-        results: list[Any] = [None] * len(requests)
+        results: dict[int, Any] = {}
         for indices in groups.values():
             self._task = requests[indices[0]].task_name
             try:
-                values = score([requests[i] for i in indices])
+                results.update(zip(indices, score([requests[i] for i in indices])))
             finally:
                 self._task = None
-            for i, value in zip(indices, values):
-                results[i] = value
-        return results
+        return [results[i] for i in range(len(requests))]
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         """ELBO of each continuation (HFLM's tokenisation and `_loglikelihood_tokens` below), per settings group."""
@@ -371,17 +336,14 @@ class LLaDAEvalHarness(HFLM):
         return prompt
 
     def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
-        """After a chat template: the prompt tokenised as `generate()`/`pipeline` see it (the rendered text, no
-        special tokens added) and the continuation on its own, as `llada_hf.likelihood` scores an answer and the SFT
-        loss trains it. HFLM instead moves the context's trailing whitespace (the assistant header's "\\n\\n") into
-        the continuation and tokenises both together: the byte-level pre-tokeniser then splits "\\n\\n" + digits
-        differently, so every choice is scored after a prompt the model never saw. Other contexts: HFLM's split."""
+        """After a chat template: the prompt tokenised as `generate()`/`pipeline` see it (no special tokens added),
+        the continuation on its own, as `llada_hf.likelihood` scores and the SFT loss trains an answer. HFLM moves the
+        header's trailing "\\n\\n" into the continuation and tokenises both together; the byte-level pre-tokeniser
+        then splits "\\n\\n" + digits differently, a prompt the model never saw. Other contexts: HFLM's split."""
         if context not in self._chat_prompts:
             return super()._encode_pair(context, continuation)
-        return (
-            self.tok_encode(context, add_special_tokens=False),
-            self.tok_encode(continuation, add_special_tokens=False),
-        )
+        encode = partial(self.tok_encode, add_special_tokens=False)
+        return encode(context), encode(continuation)
 
     def _warn_delimiter(self, requests) -> None:
         """A continuation that starts with whitespace after a chat prompt (a task's target_delimiter kept, e.g. with a
@@ -389,17 +351,17 @@ class LLaDAEvalHarness(HFLM):
         if not self._warned and any(r.args[0] in self._chat_prompts and r.args[1][:1].isspace() for r in requests):
             self._warned = True
             logger.warning(
-                "llada_hf: with --apply_chat_template, continuations start with whitespace (the task's "
-                "target_delimiter), which a chat model never saw after the assistant header: multiple-choice "
-                'scores can drop to chance. Set `target_delimiter: ""` in the task (see docs/EVAL.md).'
+                "llada_hf: with --apply_chat_template, continuations start with whitespace (target_delimiter), unseen"
+                ' after the assistant header: scores can drop to chance. Set `target_delimiter: ""` in the task.'
             )
 
     def _fit_pair(self, context: list[int], continuation: list[int]) -> tuple[list[int], list[int]]:
+        positions = self.max_length + self._rolling  # a rolling window's context + the whole window fit
         if not continuation:
             raise ValueError("A continuation encodes to no tokens: there is nothing to score.")
-        if len(continuation) >= self.positions:
-            raise ValueError(f"Continuation of {len(continuation)} tokens does not fit max_length={self.positions}.")
-        overflow = len(context) + len(continuation) - self.positions
+        if len(continuation) >= positions:
+            raise ValueError(f"Continuation of {len(continuation)} tokens does not fit max_length={positions}.")
+        overflow = len(context) + len(continuation) - positions
         if overflow > 0:
             logger.warning("llada_hf: context cut by %d tokens from the left to fit max_length.", overflow)
             context = context[overflow:]
@@ -438,8 +400,7 @@ class LLaDAEvalHarness(HFLM):
         )  # fmt: skip
         return output[0, len(context) :].tolist() == continuation
 
-    # ----------------------------------------------------------------------------------------------------------------
-    # Generation
+    # -------------------------------------------------- Generation
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         """HFLM's loop (sorting, batching by --batch_size, decoding, cutting at stop sequences) on requests whose
@@ -448,13 +409,11 @@ class LLaDAEvalHarness(HFLM):
         for request in requests:
             context, gen_kwargs = request.args
             settings = self.generation_settings(request.task_name, gen_kwargs)
-            rest = {
-                k: v for k, v in gen_kwargs.items() if k not in TASK_LENGTH_KEYS and ALIASES.get(k, k) not in GEN_KEYS
-            }
-            rest.pop("do_sample", None)
+            rest = {k: v for k, v in gen_kwargs.items() if k not in (*TASK_LENGTH_KEYS, "do_sample")}
+            rest = {k: v for k, v in rest.items() if ALIASES.get(k, k) not in GEN_KEYS}
             length = settings.pop("max_new_tokens")  # HFLM's do_sample agrees with the temperature, so keeps it
-            resolved.append(_Request((context, {**rest, **settings, "max_gen_toks": length,
-                                                "do_sample": settings["temperature"] > 0})))  # fmt: skip
+            resolved.append(SimpleNamespace(args=(context, {**rest, **settings, "max_gen_toks": length,
+                                                            "do_sample": settings["temperature"] > 0})))  # fmt: skip
         hook, self.cache_hook = self.cache_hook, CacheHook(None)  # results are cached under the original requests
         try:
             outputs = super().generate_until(resolved, disable_tqdm=disable_tqdm)
@@ -465,10 +424,8 @@ class LLaDAEvalHarness(HFLM):
         return outputs
 
     def _model_generate(self, context, max_length, stop, **generation_kwargs):
-        """model.generate() on the left-padded batch with every resolved sampler setting as given, and `do_sample`
-        (= temperature > 0, generate()'s own rule) so that a checkpoint whose generation_config samples cannot
-        overrule temperature 0; at 0 the temperature itself is left out (do_sample=False says greedy, and
-        transformers warns about a temperature it ignores). Stop sequences end a row's forwards early."""
+        """model.generate() on the left-padded batch, every sampler setting as resolved, plus do_sample = temperature
+        > 0 (generate()'s rule; a sampling checkpoint config cannot overrule temperature 0, which is then left out)."""
         generation_kwargs["do_sample"] = generation_kwargs.get("temperature", 0.0) > 0
         if not generation_kwargs["do_sample"]:
             generation_kwargs.pop("temperature", None)
@@ -493,9 +450,8 @@ register()
 
 
 def check_cli_args(args: Any) -> None:
-    """`llada-hf eval`'s checks of lm-eval's parsed `run` arguments, before lm-eval indexes tasks or loads a model:
-    the model settings (`check_settings`), a local `pretrained` path that does not exist, a CUDA device without CUDA.
-    A name that could be a hub id ("org/name") is left to the hub."""
+    """Checks of lm-eval's parsed `run` arguments before it does any work: settings, a missing local `pretrained`
+    path (a name that could be a hub id, "org/name", is left to the hub), a CUDA device without CUDA."""
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
@@ -538,15 +494,5 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = [
-    "DEFAULTS",
-    "MODEL_NAME",
-    "PRESETS",
-    "LLaDAEvalHarness",
-    "check_cli_args",
-    "check_settings",
-    "load_presets",
-    "main",
-    "preset_for_task",
-    "register",
-]
+__all__ = ["DEFAULTS", "MODEL_NAME", "PRESETS", "LLaDAEvalHarness", "check_cli_args", "check_settings",
+           "load_presets", "main", "preset_for_task", "register"]  # fmt: skip
