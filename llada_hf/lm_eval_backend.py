@@ -347,7 +347,7 @@ class LLaDAEvalHarness(HFLM):
 
     def _warn_delimiter(self, requests) -> None:
         """A continuation that starts with whitespace after a chat prompt (a task's target_delimiter kept, e.g. with a
-        gen_prefix or before lm-eval 0.4.13) is one the model never saw after the assistant header."""
+        gen_prefix, or by another lm-eval version) is one the model never saw after the assistant header."""
         if not self._warned and any(r.args[0] in self._chat_prompts and r.args[1][:1].isspace() for r in requests):
             self._warned = True
             logger.warning(
