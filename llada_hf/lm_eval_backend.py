@@ -1,24 +1,19 @@
 """lm-evaluation-harness backend for LLaDA: `--model llada_hf`, a subclass of lm-eval's `HFLM`.
 
-Importing this module registers "llada_hf" with `lm_eval`. The `lm_eval` CLI only knows its built-in models (no plugin
-discovery), so run it through this module, which registers itself and then calls lm-eval's CLI:
+Importing this module registers "llada_hf" with lm-eval. lm-eval 0.4.13's registry reads no entry points, so plain
+`lm_eval --model llada_hf` cannot find it: `llada-hf eval <lm_eval arguments>` (this module's `main`) registers it,
+makes it the default model, checks the arguments and runs lm-eval's CLI. From Python: import this module, then
+`lm_eval.simple_evaluate(model="llada_hf", ...)`.
 
-    python -m llada_hf.lm_eval_backend --model llada_hf --model_args pretrained=GSAI-ML/LLaDA-8B-Base,preset=base \\
-        --tasks arc_challenge --batch_size 32
-
-or from Python: `import llada_hf.lm_eval_backend` and then `lm_eval.simple_evaluate(model="llada_hf", ...)`.
-
-`HFLM` does the loading (device, dtype, device_map / parallelize, peft, revision, quantisation), tokenisation, chat
-templates, request sorting and batching, and data parallelism. Only what diffusion changes is overridden:
-
+`HFLM` does the loading, tokenisation, chat templates, request sorting and batching, and data parallelism. Only what
+diffusion changes is overridden:
 - `loglikelihood`: the Monte-Carlo ELBO (`llada_hf.likelihood.batch_log_likelihood`); `mc_num` / `mc_batch_size` set
   the estimator, `--batch_size` the rows per forward. `is_greedy` is only computed with `is_check_greedy=True`.
-- `loglikelihood_rolling`: the ELBO summed over lm-eval's disjoint rolling windows (a lower bound).
-- `generate_until`: `model.generate()` (the diffusion sampler), `until` passed as `stop_strings` (a row stops spending
-  forwards once its final prefix holds a stop sequence), the text cut at the first stop sequence.
-
-Per-task settings (`preset=base|instruct|instruct_semi_ar|llada1.5`) follow the official evaluation; they are data,
-`hub_configs/lm_eval_presets.json` (loaded into `PRESETS`); see `docs/EVAL.md`.
+- `_encode_pair`: a chat-templated context is tokenised as `generate()`/`pipeline` see the prompt, the continuation
+  on its own (HFLM tokenises them together, which moves the header's "\\n\\n" into the answer).
+- `loglikelihood_rolling`: HFLM's, with windows one token shorter (the ELBO reads context + the whole window).
+- `generate_until`: `model.generate()` (the diffusion sampler), `until` passed as `stop_strings`.
+Per-task settings (`preset=...`) are data, `hub_configs/lm_eval_presets.json` (`PRESETS`); see docs/EVAL.md.
 """
 
 from __future__ import annotations
@@ -28,8 +23,12 @@ import logging
 import math
 import sys
 from collections import defaultdict
+from collections.abc import Callable
+from functools import partial
 from importlib import resources
-from typing import Any, NamedTuple
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import lm_eval.models  # noqa: F401  (registers the built-in models first; get_model() skips that if ours is alone)
 import torch
@@ -37,9 +36,10 @@ import transformers
 from lm_eval.api.model import CacheHook
 from lm_eval.api.registry import model_registry, register_model
 from lm_eval.models.huggingface import HFLM
-from lm_eval.utils import get_rolling_token_windows, make_disjoint_window, simple_parse_args_string
+from lm_eval.utils import simple_parse_args_string
 from tqdm import tqdm
 
+from .errors import UsageError
 from .likelihood import METHODS, batch_log_likelihood
 
 logger = logging.getLogger(__name__)
@@ -59,6 +59,35 @@ TASK_LENGTH_KEYS = ("max_gen_toks", "max_new_tokens", "max_tokens", "max_complet
 RENAMED = {"rows_per_forward": "batch_size", "gen_batch_size": "batch_size", "model_path": "pretrained"}
 
 PRESETS_FILE = "lm_eval_presets.json"  # in the package's hub_configs
+# Numeric settings by the name the user writes: (must be an integer, minimum).
+NUMERIC: dict[str, tuple[bool, float]] = {
+    "mc_num": (True, 1), "mc_batch_size": (True, 1), "seed": (True, 0), "max_new_tokens": (True, 1),
+    "gen_length": (True, 1), "steps": (True, 1), "block_length": (True, 1), "batch_size": (True, 1),
+    "max_batch_size": (True, 1), "cfg": (False, 0.0), "cfg_scale": (False, 0.0), "temperature": (False, 0.0),
+}  # fmt: skip
+SOURCES = ("HFLM's default", "the preset", "the checkpoint's generation_config.json", "the task's max_gen_toks",
+           "--model_args", "--gen_kwargs")  # fmt: skip
+
+
+def check_settings(values: dict[str, Any], error: type[ValueError] = UsageError) -> dict[str, Any]:
+    """`values` with each numeric setting (`NUMERIC`) as a number, or `error` naming the first that is not a finite
+    number >= its minimum (an integer where needed). None is unset; `batch_size` may be HFLM's "auto" / "auto:N"."""
+    out = dict(values)
+    for name, value in values.items():
+        if name not in NUMERIC or value is None or (name == "batch_size" and str(value).startswith("auto")):
+            continue
+        integer, minimum = NUMERIC[name]
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        wrong_type = isinstance(value, bool) or (integer and not number.is_integer())
+        if wrong_type or not math.isfinite(number) or number < minimum:
+            kind = "an integer" if integer else "a finite number"
+            extra = " or auto" if name == "batch_size" else ""
+            raise error(f"llada_hf: {name}={value!r} is not valid; it must be {kind} >= {minimum:g}{extra}.")
+        out[name] = int(number) if integer else number
+    return out
 
 
 def load_presets() -> dict[str, dict[str, dict[str, Any]]]:
@@ -97,42 +126,36 @@ def _gen_settings(values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _fit_schedule(settings: dict[str, Any], levels: dict[str, int], ref_lengths: dict[int, int]) -> dict[str, Any]:
-    """Steps and block length set below the level that chose the answer length were meant for another length:
-    keep the tokens per step, and drop a block length that does not divide the new length (one block)."""
-    length = int(settings["max_new_tokens"])
-    block = settings.get("block_length")
-    if block and levels["block_length"] < levels["max_new_tokens"] and (block > length or length % block):
-        settings["block_length"] = block = None
-    steps = settings.get("steps")
-    if steps and levels["steps"] < levels["max_new_tokens"]:
-        ref = ref_lengths.get(levels["steps"])
-        steps = max(1, round(steps * length / ref)) if ref else min(steps, length)
-        blocks = length // (block or length)
-        settings["steps"] = max(blocks, steps // blocks * blocks)
+def _check_schedule(settings: dict[str, Any], levels: dict[str, int], layers: list[dict[str, Any]]) -> dict[str, Any]:
+    """`settings`, or a ValueError with the fix when steps (or a block length not dividing the length) come from a
+    lower rank (`SOURCES`) than the length, set there for another length. Never rescaled: nobody asked for that."""
+    length = settings["max_new_tokens"]
+    stale = [
+        key for key in ("steps", "block_length")
+        if key in settings and levels[key] < levels["max_new_tokens"]
+        and layers[levels[key]].get("max_new_tokens", length) != length
+        and (key == "steps" or length % settings[key])  # a block length that divides the new length still fits
+    ]  # fmt: skip
+    if stale:
+        level = levels[stale[0]]
+        given = " and ".join(f"{key}={settings[key]}" for key in stale)
+        raise ValueError(
+            f"llada_hf: {given} from {SOURCES[level]} (meant for max_new_tokens={layers[level]['max_new_tokens']}) "
+            f"do not fit max_new_tokens={length} from {SOURCES[levels['max_new_tokens']]}. Set the schedule for "
+            f"{length} tokens (e.g. --gen_kwargs steps={length},block_length={length}) or the length in --model_args "
+            f"(gen_length={layers[level]['max_new_tokens']})."
+        )
     return settings
-
-
-class _Request(NamedTuple):
-    """What HFLM.generate_until reads from a request: its args (context, generation kwargs)."""
-
-    args: tuple[str, dict[str, Any]]
 
 
 class LLaDAEvalHarness(HFLM):
     """lm-eval's `HFLM` for LLaDA checkpoints: ELBO scoring and diffusion generation; everything else is HFLM's.
 
-    Model arguments besides HFLM's (`--model_args k=v,...`):
-        preset: per-task settings table (`PRESETS`): base, instruct, instruct_semi_ar, llada1.5.
-        mc_num, mc_batch_size, cfg (= cfg_scale): the likelihood estimator (official meaning: mc_num samples in
-            groups of mc_batch_size with stratified mask counts); method: "mc" (official), "stratified" or "exact";
-            seed: the stratified design's seed. is_check_greedy: compute `is_greedy` (one generate per request).
-        max_new_tokens (= gen_length), steps, block_length, remasking, temperature, suppress_eos_logits
-            (= logits_eos_inf), suppress_eos_confidence (= confidence_eos_eot_inf): generation (`generate()`).
-        mask_id: mask token id (default: the model config's).
-        quantize: int8 / int4 (torchao) or nf4 (bitsandbytes, CUDA) weights, as `llada_hf.quantize` (`--quantize`).
-    `--batch_size` is rows per forward (scoring) and prompts per `generate()` call, capped by `max_batch_size`.
-    """
+    Model arguments besides HFLM's (table in docs/EVAL.md): preset; mc_num, mc_batch_size, cfg (= cfg_scale),
+    method ("mc" official, "stratified", "exact"), seed, is_check_greedy (the estimator); max_new_tokens
+    (= gen_length), steps, block_length, remasking, temperature, suppress_eos_logits, suppress_eos_confidence
+    (generate()); mask_id; quantize (int8 / int4 torchao, nf4 bitsandbytes). `--batch_size` is rows per forward and
+    prompts per `generate()` call, capped by `max_batch_size`. All are checked before HFLM loads anything."""
 
     AUTO_MODEL_CLASS = transformers.AutoModel  # LLaDA's AutoModel is the model with its LM head
     _DEFAULT_MAX_LENGTH = 4096
@@ -152,26 +175,34 @@ class LLaDAEvalHarness(HFLM):
     ) -> None:
         for old, new in RENAMED.items():
             if old in kwargs:
-                raise ValueError(f"llada_hf: `{old}` is now `{new}` (see docs/EVAL.md).")
+                raise UsageError(f"llada_hf: `{old}` is now `{new}` (see docs/EVAL.md).")
         ours = {key: kwargs.pop(key) for key in list(kwargs) if key in DEFAULTS or key in ALIASES or key in GEN_KEYS}
+        ours = check_settings(ours)
+        seed, max_batch_size, _ = check_settings(
+            {"seed": seed, "max_batch_size": max_batch_size, "batch_size": kwargs.get("batch_size")}
+        ).values()
         if preset is not None and preset not in PRESETS:
-            raise ValueError(f"Unknown preset {preset!r}; valid: {sorted(PRESETS)}.")
+            raise UsageError(f"llada_hf: unknown preset={preset!r}; valid: {sorted(PRESETS)}.")
         if method not in METHODS:
-            raise ValueError(f"Unknown method {method!r}; valid: {METHODS}.")
-        if "cfg" in ours and "cfg_scale" in ours and float(ours["cfg"]) != float(ours["cfg_scale"]):
-            raise ValueError("Pass either cfg or cfg_scale, not both.")
+            raise UsageError(f"llada_hf: unknown method={method!r}; valid: {METHODS}.")
+        if "cfg" in ours and "cfg_scale" in ours and ours["cfg"] != ours["cfg_scale"]:
+            raise UsageError("llada_hf: pass either cfg or cfg_scale, not both.")
         if "cfg_scale" in ours:
             ours["cfg"] = ours["cfg_scale"]
+        self.preset, self.method, self.seed = preset, method, seed
+        self.explicit = {key: ours[key] for key in ("mc_num", "mc_batch_size", "cfg") if key in ours}
+        self.explicit_gen = _gen_settings(ours)
+        for task in [None, *PRESETS.get(preset, {})]:  # the estimator settings of every task the preset names
+            self.likelihood_settings(task, error=UsageError)
         if device is None:  # HFLM's rule for a device it does not know (its default is the literal "cuda")
             device = "cuda" if torch.cuda.is_available() else "cpu"
         kwargs.setdefault("backend", "causal")
         self._quantize = kwargs.pop("quantize", None) or None
+        self._chat_prompts: set[str] = set()
+        self._rolling = 0
         super().__init__(pretrained, dtype=dtype, device=device, max_batch_size=max_batch_size or 64, **kwargs)
-        self.max_batch_cap = None if max_batch_size is None else int(max_batch_size)
-        self.preset, self.method, self.seed = preset, method, int(seed)
+        self.max_batch_cap = max_batch_size
         self.is_check_greedy = str(is_check_greedy).lower() in ("1", "true", "yes")
-        self.explicit = {key: ours[key] for key in ("mc_num", "mc_batch_size", "cfg") if key in ours}
-        self.explicit_gen = _gen_settings(ours)
         self.mask_id = int(mask_id) if mask_id is not None else getattr(self.config, "mask_token_id", None)
         if self.mask_id is None:
             raise ValueError("The model config has no mask_token_id; pass mask_id=... in --model_args.")
@@ -184,10 +215,8 @@ class LLaDAEvalHarness(HFLM):
                 key: getattr(generation_config, key) for key in GEN_KEYS
                 if getattr(generation_config, key, None) != getattr(defaults, key, None)
             }  # fmt: skip
-        self._auto_rows = None
-        self._chat_templated = self._warned = False
-        self._task = None
-        self.likelihood_settings(None)  # fail now when the explicit settings cannot work
+        self._auto_rows = self._task = None
+        self._warned = False
 
     def _create_model(self, *args: Any, quantization_config: Any = None, **kwargs: Any) -> None:
         """HFLM's loading, with `quantize=` turned into from_pretrained's `quantization_config` (HFLM reads one only
@@ -208,8 +237,7 @@ class LLaDAEvalHarness(HFLM):
         extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in arg_dict}
         return cls(**arg_dict, **extra)
 
-    # ----------------------------------------------------------------------------------------------------------------
-    # Settings
+    # -------------------------------------------------- Settings
 
     @property
     def batch_size(self):
@@ -227,25 +255,22 @@ class LLaDAEvalHarness(HFLM):
             self._auto_rows = int(self._detect_batch_size())  # HFLM's search, from max_batch_size down
         return self._auto_rows
 
-    def likelihood_settings(self, task_name: str | None) -> dict[str, Any]:
+    def likelihood_settings(self, task_name: str | None, error: type[ValueError] = ValueError) -> dict[str, Any]:
         """Estimator settings: official defaults < the task's preset entry < --model_args. An unset mc_batch_size
         is gcd(mc_num, 32) (32 for the official mc_num 128)."""
         preset = {k: v for k, v in preset_for_task(self.preset, task_name).items() if k in DEFAULTS}
-        settings = {**DEFAULTS, **preset, **self.explicit}
-        settings = {"mc_num": int(settings["mc_num"]), "mc_batch_size": int(settings["mc_batch_size"]),
-                    "cfg": float(settings["cfg"])}  # fmt: skip
+        settings = check_settings({**DEFAULTS, **preset, **self.explicit}, error)
+        settings = {key: settings[key] for key in ("mc_num", "mc_batch_size", "cfg")}
         if "mc_batch_size" not in self.explicit and "mc_batch_size" not in preset:
             settings["mc_batch_size"] = math.gcd(settings["mc_num"], DEFAULTS["mc_batch_size"])
         if self.method == "mc" and settings["mc_num"] % settings["mc_batch_size"]:
-            raise ValueError(
-                f"mc_num ({settings['mc_num']}) must be divisible by mc_batch_size ({settings['mc_batch_size']})."
-            )
+            raise error("llada_hf: mc_num={mc_num} not divisible by mc_batch_size={mc_batch_size}".format(**settings))
         return settings
 
     def generation_settings(self, task_name: str | None, gen_kwargs: dict[str, Any] | None) -> dict[str, Any]:
-        """generate() settings, lowest first: the preset entry, the checkpoint's generation_config.json, the task's
-        max_gen_toks (length only), --model_args, diffusion keys in the request's gen_kwargs (`--gen_kwargs`).
-        Without any length: HFLM's max_gen_toks (256). A task's temperature counts with do_sample only."""
+        """generate() settings, lowest first (`SOURCES`): HFLM's max_gen_toks (256), the preset entry, the checkpoint's
+        generation_config.json, the task's max_gen_toks (length only), --model_args, the request's gen_kwargs. A task's
+        temperature counts with do_sample only; a schedule meant for another length is refused (`_check_schedule`)."""
         gen_kwargs = dict(gen_kwargs or {})
         preset = preset_for_task(self.preset, task_name)
         task_length = next((gen_kwargs[k] for k in TASK_LENGTH_KEYS if gen_kwargs.get(k) is not None), None)
@@ -263,57 +288,80 @@ class LLaDAEvalHarness(HFLM):
         ]
         settings, levels = {}, {}
         for level, layer in enumerate(layers):
-            for key, value in layer.items():
+            for key, value in check_settings(layer, ValueError).items():
                 settings[key], levels[key] = value, level
-        levels.setdefault("steps", -1)
-        levels.setdefault("block_length", -1)
-        ref_lengths = {
-            level: layer["max_new_tokens"] for level, layer in enumerate(layers) if "max_new_tokens" in layer
-        }
-        return _fit_schedule(settings, levels, ref_lengths)
+        return _check_schedule(settings, levels, layers)
 
-    # ----------------------------------------------------------------------------------------------------------------
-    # Likelihood
+    # -------------------------------------------------- Likelihood
 
-    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
-        """ELBO of each continuation; requests with equal estimator settings are scored together, in request order
-        (so the random draws are those of the official loop)."""
-        self._warn_delimiter(requests)
+    @property
+    def max_length(self) -> int:
+        """HFLM's max_length, one token less while HFLM cuts rolling windows: an autoregressive model reads a window
+        without its last token, the ELBO reads context + the whole window."""
+        return super().max_length - self._rolling
+
+    def _by_settings(self, requests, score: Callable[[list], list]) -> list:
+        """`score` on each group of requests with equal estimator settings (the group's task in `self._task`), in
+        request order, so the random draws are those of the official loop; results in request order."""
         groups: dict[tuple, list[int]] = defaultdict(list)
         for index, request in enumerate(requests):
             groups[tuple(self.likelihood_settings(request.task_name).values())].append(index)
-        results: list[Any] = [None] * len(requests)
+        results: dict[int, Any] = {}
         for indices in groups.values():
             self._task = requests[indices[0]].task_name
             try:
-                values = super().loglikelihood([requests[i] for i in indices], disable_tqdm=disable_tqdm)
+                results.update(zip(indices, score([requests[i] for i in indices])))
             finally:
                 self._task = None
-            for i, value in zip(indices, values):
-                results[i] = value
-        return results
+        return [results[i] for i in range(len(requests))]
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        """ELBO of each continuation (HFLM's tokenisation and `_loglikelihood_tokens` below), per settings group."""
+        self._warn_delimiter(requests)
+        return self._by_settings(requests, partial(HFLM.loglikelihood, self, disable_tqdm=disable_tqdm))
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        """HFLM's rolling windows and sums, per settings group; each window is scored given the tokens before it that
+        still fit (one for a full window, the prefix token for the first). A lower bound on the log-likelihood."""
+        self._rolling = 1
+        try:
+            return self._by_settings(requests, partial(HFLM.loglikelihood_rolling, self, disable_tqdm=disable_tqdm))
+        finally:
+            self._rolling = 0
 
     def apply_chat_template(self, chat_history, add_generation_prompt: bool = True) -> str:
-        self._chat_templated = True
-        return super().apply_chat_template(chat_history, add_generation_prompt=add_generation_prompt)
+        """HFLM's rendering; the prompt is remembered so that `_encode_pair` tokenises it as generate() sees it."""
+        prompt = super().apply_chat_template(chat_history, add_generation_prompt=add_generation_prompt)
+        self._chat_prompts.add(prompt)
+        return prompt
+
+    def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """After a chat template: the prompt tokenised as `generate()`/`pipeline` see it (no special tokens added),
+        the continuation on its own, as `llada_hf.likelihood` scores and the SFT loss trains an answer. HFLM moves the
+        header's trailing "\\n\\n" into the continuation and tokenises both together; the byte-level pre-tokeniser
+        then splits "\\n\\n" + digits differently, a prompt the model never saw. Other contexts: HFLM's split."""
+        if context not in self._chat_prompts:
+            return super()._encode_pair(context, continuation)
+        encode = partial(self.tok_encode, add_special_tokens=False)
+        return encode(context), encode(continuation)
 
     def _warn_delimiter(self, requests) -> None:
-        """lm-eval's default target_delimiter puts a space before each choice; after a chat template's assistant
-        header the model never saw one, and the ELBO then scores the space more than the answer."""
-        if self._chat_templated and not self._warned and any(r.args[1][:1] == " " for r in requests):
+        """A continuation that starts with whitespace after a chat prompt (a task's target_delimiter kept, e.g. with a
+        gen_prefix, or by another lm-eval version) is one the model never saw after the assistant header."""
+        if not self._warned and any(r.args[0] in self._chat_prompts and r.args[1][:1].isspace() for r in requests):
             self._warned = True
             logger.warning(
-                "llada_hf: with --apply_chat_template, continuations start with a space (lm-eval's default "
-                "target_delimiter ' '), which a chat model never saw after the assistant header: multiple-choice "
-                'scores can drop to chance. Set `target_delimiter: ""` in the task (see docs/EVAL.md).'
+                "llada_hf: with --apply_chat_template, continuations start with whitespace (target_delimiter), unseen"
+                ' after the assistant header: scores can drop to chance. Set `target_delimiter: ""` in the task.'
             )
 
     def _fit_pair(self, context: list[int], continuation: list[int]) -> tuple[list[int], list[int]]:
+        positions = self.max_length + self._rolling  # a rolling window's context + the whole window fit
         if not continuation:
             raise ValueError("A continuation encodes to no tokens: there is nothing to score.")
-        if len(continuation) >= self.max_length:
-            raise ValueError(f"Continuation of {len(continuation)} tokens does not fit max_length={self.max_length}.")
-        overflow = len(context) + len(continuation) - self.max_length
+        if len(continuation) >= positions:
+            raise ValueError(f"Continuation of {len(continuation)} tokens does not fit max_length={positions}.")
+        overflow = len(context) + len(continuation) - positions
         if overflow > 0:
             logger.warning("llada_hf: context cut by %d tokens from the left to fit max_length.", overflow)
             context = context[overflow:]
@@ -352,24 +400,7 @@ class LLaDAEvalHarness(HFLM):
         )  # fmt: skip
         return output[0, len(context) :].tolist() == continuation
 
-    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
-        """ELBO of whole documents, summed over disjoint rolling windows of max_length tokens (each window scored
-        given the tokens before it that still fit: one for a full window, the prefix token for the first)."""
-        totals = []
-        for request in tqdm(requests, desc="llada_hf loglikelihood_rolling", disable=disable_tqdm or self.rank != 0):
-            tokens = self.tok_encode(request.args[0], add_special_tokens=False)
-            windows = get_rolling_token_windows(tokens, self.prefix_token_id, self.max_length - 1, 1)
-            self._task = request.task_name
-            try:
-                scored = self._loglikelihood_tokens([(None, *make_disjoint_window(w)) for w in windows], True)
-            finally:
-                self._task = None
-            totals.append(sum(value for value, _ in scored))
-            self.cache_hook.add_partial("loglikelihood_rolling", request.args, totals[-1])
-        return totals
-
-    # ----------------------------------------------------------------------------------------------------------------
-    # Generation
+    # -------------------------------------------------- Generation
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         """HFLM's loop (sorting, batching by --batch_size, decoding, cutting at stop sequences) on requests whose
@@ -378,13 +409,11 @@ class LLaDAEvalHarness(HFLM):
         for request in requests:
             context, gen_kwargs = request.args
             settings = self.generation_settings(request.task_name, gen_kwargs)
-            rest = {
-                k: v for k, v in gen_kwargs.items() if k not in TASK_LENGTH_KEYS and ALIASES.get(k, k) not in GEN_KEYS
-            }
-            rest.pop("do_sample", None)
-            length = settings.pop("max_new_tokens")
-            resolved.append(_Request((context, {**rest, **settings, "max_gen_toks": length,
-                                                "do_sample": settings["temperature"] > 0})))  # fmt: skip
+            rest = {k: v for k, v in gen_kwargs.items() if k not in (*TASK_LENGTH_KEYS, "do_sample")}
+            rest = {k: v for k, v in rest.items() if ALIASES.get(k, k) not in GEN_KEYS}
+            length = settings.pop("max_new_tokens")  # HFLM's do_sample agrees with the temperature, so keeps it
+            resolved.append(SimpleNamespace(args=(context, {**rest, **settings, "max_gen_toks": length,
+                                                            "do_sample": settings["temperature"] > 0})))  # fmt: skip
         hook, self.cache_hook = self.cache_hook, CacheHook(None)  # results are cached under the original requests
         try:
             outputs = super().generate_until(resolved, disable_tqdm=disable_tqdm)
@@ -395,9 +424,10 @@ class LLaDAEvalHarness(HFLM):
         return outputs
 
     def _model_generate(self, context, max_length, stop, **generation_kwargs):
-        """model.generate() on the left-padded batch; stop sequences end a row's forwards early."""
-        generation_kwargs.pop("do_sample", None)
-        if not generation_kwargs.get("temperature"):
+        """model.generate() on the left-padded batch, every sampler setting as resolved, plus do_sample = temperature
+        > 0 (generate()'s rule; a sampling checkpoint config cannot overrule temperature 0, which is then left out)."""
+        generation_kwargs["do_sample"] = generation_kwargs.get("temperature", 0.0) > 0
+        if not generation_kwargs["do_sample"]:
             generation_kwargs.pop("temperature", None)
         attention_mask = generation_kwargs.pop("attention_mask", None)
         if attention_mask is not None and bool(attention_mask.all()):
@@ -419,26 +449,50 @@ def register() -> None:
 register()
 
 
-def main(argv: list[str] | None = None) -> None:
-    """lm-eval's CLI with "llada_hf" registered: `python -m llada_hf.lm_eval_backend <lm_eval arguments>`."""
-    from lm_eval.__main__ import cli_evaluate
+def check_cli_args(args: Any) -> None:
+    """Checks of lm-eval's parsed `run` arguments before it does any work: settings, a missing local `pretrained`
+    path (a name that could be a hub id, "org/name", is left to the hub), a CUDA device without CUDA."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
 
-    if argv is not None:
-        sys.argv = [sys.argv[0], *argv]
-    cli_evaluate()
+    model_args = getattr(args, "model_args", None) or {}
+    model_args = model_args if isinstance(model_args, dict) else simple_parse_args_string(model_args)
+    check_settings(model_args)
+    check_settings({key: getattr(args, key, None) for key in ("batch_size", "max_batch_size")})
+    pretrained = model_args.get("pretrained")
+    if isinstance(pretrained, str) and not Path(pretrained).expanduser().exists():
+        try:
+            validate_repo_id(pretrained)
+        except HFValidationError:
+            raise UsageError(f"llada_hf: pretrained={pretrained!r}: no such local model folder.") from None
+    for flag, device in (("--device", getattr(args, "device", None)), ("device", model_args.get("device"))):
+        if str(device or "").startswith("cuda") and not torch.cuda.is_available():
+            raise UsageError(f"llada_hf: {flag} {device}: no CUDA device is available here (use --device cpu).")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """lm-eval's CLI (`lm_eval.__main__.cli_evaluate`, step by step) with "llada_hf" registered and as the default
+    `--model`, and `check_cli_args` run before lm-eval does any work. `llada-hf eval` calls this."""
+    from lm_eval._cli import HarnessCLI
+    from lm_eval.utils import setup_logging
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    start = 1 if argv[:1] == ["run"] else 0
+    named = any(arg in ("--model", "-M") or arg.startswith("--model=") for arg in argv)
+    if argv[start:] and argv[start] not in ("ls", "validate", "-h", "--help") and not named:
+        argv.insert(start, f"--model={MODEL_NAME}")
+    sys.argv = [sys.argv[0], *argv]
+    setup_logging()
+    parser = HarnessCLI()
+    args = parser.parse_args()
+    if getattr(args, "command", None) == "run" and args.model == MODEL_NAME:
+        check_cli_args(args)
+    parser.execute(args)
 
 
 if __name__ == "__main__":
     main()
 
 
-__all__ = [
-    "DEFAULTS",
-    "MODEL_NAME",
-    "PRESETS",
-    "LLaDAEvalHarness",
-    "load_presets",
-    "main",
-    "preset_for_task",
-    "register",
-]
+__all__ = ["DEFAULTS", "MODEL_NAME", "PRESETS", "LLaDAEvalHarness", "check_cli_args", "check_settings",
+           "load_presets", "main", "preset_for_task", "register"]  # fmt: skip

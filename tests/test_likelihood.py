@@ -9,6 +9,7 @@ import json
 import math
 import subprocess
 import sys
+from functools import partial
 
 import pytest
 import torch
@@ -251,6 +252,63 @@ def test_lm_eval_multiple_choice_task(eval_dir, tmp_path):
         assert sample["acc"] == float(max(range(len(direct)), key=direct.__getitem__) == doc["label"])
 
 
+def test_lm_eval_chat_template_multiple_choice_scores_as_the_api(tmp_path):
+    """With --apply_chat_template, lm-eval's multiple choice on the demo model scores each choice as
+    `llada_hf.likelihood` does on the prompt generate() sees (same mask draws: stratified, seed 0), while HFLM's own
+    split (context + continuation tokenised together) misranks some of the same items."""
+    lm_eval = pytest.importorskip("lm_eval")
+    import random
+
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    from llada_hf.demo import arithmetic_answer, split_pairs
+    from llada_hf.lm_eval_backend import LLaDAEvalHarness
+    from llada_hf.loading import DEMO_DIR
+
+    rng, docs = random.Random(0), []
+    for a, b in split_pairs()[1][:12]:  # held-out sums; wrong choices one or two off
+        choices = [arithmetic_answer(a, b), *(f"{a} + {b} = {a + b + d}." for d in (-2, -1, 1) if a + b + d >= 0)]
+        label = rng.randrange(len(choices))
+        choices.insert(label, choices.pop(0))
+        docs.append({"question": f"What is {a} + {b}?", "choices": choices, "label": label})
+    _write_mc_task(tmp_path, docs)
+    settings = {"mc_num": 4, "method": "stratified", "seed": 0}
+    lm = LLaDAEvalHarness(pretrained=str(DEMO_DIR), dtype="float32", device="cpu", batch_size=64, **settings)
+    results = lm_eval.simple_evaluate(
+        model=lm, tasks=["tiny_mc"], apply_chat_template=True, log_samples=True,
+        task_manager=TaskManager(include_path=str(tmp_path), include_defaults=False),
+    )  # fmt: skip
+    samples = sorted(results["samples"]["tiny_mc"], key=lambda s: s["doc_id"])
+
+    def api_scores(encode):
+        """Per doc, the API's ELBO of each choice on the (prompt, choice) ids that `encode` gives."""
+        out = []
+        for doc in docs:
+            chat = [{"role": "user", "content": doc["question"]}]
+            prompt = lm.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+            pairs = [encode(prompt, choice) for choice in doc["choices"]]
+            out.append(batch_log_likelihood(lm.model, pairs, **settings))
+        return out
+
+    def as_generate_sees(prompt, choice):
+        return [lm.tokenizer(text, add_special_tokens=False)["input_ids"] for text in (prompt, choice)]
+
+    def accuracy(scores):
+        return sum(max(range(len(s)), key=s.__getitem__) == d["label"] for s, d in zip(scores, docs)) / len(docs)
+
+    direct = api_scores(as_generate_sees)
+    hflm = api_scores(partial(HFLM._encode_pair, lm))  # what lm-eval scored before the override
+    got = [[value for value, _ in sample["filtered_resps"]] for sample in samples]
+    # The same draws on differently packed rows: each of the mc_num x len(answer) summed terms may round by an ulp.
+    longest = max(len(as_generate_sees("", c)[1]) for d in docs for c in d["choices"])
+    rel = torch.finfo(torch.float32).eps * settings["mc_num"] * longest
+    for row, expected in zip(got, direct):
+        assert row == pytest.approx(expected, rel=rel)
+    assert results["results"]["tiny_mc"]["acc,none"] == accuracy(direct) == 1.0
+    assert accuracy(hflm) < 1.0  # the items are ones the old split got wrong
+
+
 def _instances(request_type, arguments, task_name="custom_task"):
     from lm_eval.api.instance import Instance
 
@@ -314,11 +372,11 @@ def test_lm_eval_backend_methods(eval_dir, caplog):
     windows = [([tok.bos_token_id], tokens[:3]), (tokens[1:3], tokens[3:])]
     assert rolling == pytest.approx(sum(batch_log_likelihood(lm.model, windows, mc_num=8, batch_size=4)), rel=1e-6)
 
-    # After a chat template, lm-eval's default target_delimiter (a space before each choice) is warned about, once.
+    # After a chat prompt, a continuation that starts with whitespace (a target_delimiter) is warned about, once.
     lm._max_length = 64
     lm.loglikelihood(_instances("loglikelihood", [("The sky is", " blue")]))
     assert "target_delimiter" not in caplog.text
-    lm._chat_templated = True
+    lm._chat_prompts.update(["The sky is", "The sun is"])  # as if rendered by lm.apply_chat_template
     lm.loglikelihood(_instances("loglikelihood", [("The sky is", "blue")]))
     assert "target_delimiter" not in caplog.text
     lm.loglikelihood(_instances("loglikelihood", [("The sky is", " blue"), ("The sun is", " blue")]))
@@ -391,24 +449,34 @@ def test_lm_eval_generation_length_order(eval_dir, tmp_path):
 
     lm = LLaDAEvalHarness(pretrained=str(eval_dir), dtype="float32", device="cpu", preset="instruct_semi_ar")
     assert lengths(lm, "gsm8k", {}) == (256, 256, 8)  # the preset
-    assert lengths(lm, "gsm8k", {"max_gen_toks": 16}) == (16, 16, 8)  # the task's length; one token per step kept
+    # The task's length wins, but the preset's schedule was meant for 256 tokens: an error with the fix, no rescale.
+    with pytest.raises(ValueError, match=r"steps=256 from the preset .*max_new_tokens=16 from the task"):
+        lm.generation_settings("gsm8k", {"max_gen_toks": 16})
+    assert lengths(lm, "gsm8k", {"max_gen_toks": 16, "steps": 16}) == (16, 16, 8)  # the fix; block 8 divides 16
     assert lengths(lm, "other", {}) == (256, None, None)  # nothing set: HFLM's max_gen_toks, not a 1024 canvas
     base = LLaDAEvalHarness(pretrained=str(eval_dir), dtype="float32", device="cpu", preset="base")
-    assert lengths(base, "gsm8k", {"max_gen_toks": 16}) == (16, 16, None)  # the preset's 1024 block cannot fit
+    with pytest.raises(ValueError, match="steps=1024 and block_length=1024 from the preset"):
+        base.generation_settings("gsm8k", {"max_gen_toks": 16})
     # A checkpoint whose generation_config.json was written on purpose ranks above the preset, below the task.
     path = tmp_path / "with_generation_config"
     shutil.copytree(eval_dir, path)
     LLaDAGenerationConfig(max_new_tokens=64, steps=32, block_length=32, mask_token_id=MASK_ID).save_pretrained(path)
     lm = LLaDAEvalHarness(pretrained=str(path), dtype="float32", device="cpu", preset="instruct_semi_ar")
     assert lengths(lm, "gsm8k", {}) == (64, 32, 32)
-    assert lengths(lm, "gsm8k", {"max_gen_toks": 16}) == (16, 8, None)  # same tokens per step; block 32 > 16
+    with pytest.raises(ValueError, match="generation_config.json"):
+        lm.generation_settings("gsm8k", {"max_gen_toks": 16})
     lm = LLaDAEvalHarness(pretrained=str(path), dtype="float32", device="cpu", gen_length=12, steps=6)
-    assert lengths(lm, "gsm8k", {"max_gen_toks": 16}) == (12, 6, None)  # --model_args beat the task
-    assert lengths(lm, "gsm8k", {"max_gen_toks": 16, "gen_length": 4, "steps": 2}) == (4, 2, None)  # --gen_kwargs
+    with pytest.raises(ValueError, match="block_length=32 from the checkpoint"):  # steps are ours, the block is not
+        lm.generation_settings("gsm8k", {"max_gen_toks": 16})
+    lm = LLaDAEvalHarness(pretrained=str(path), dtype="float32", device="cpu", gen_length=12, steps=6, block_length=6)
+    assert lengths(lm, "gsm8k", {"max_gen_toks": 16}) == (12, 6, 6)  # --model_args beat the task
+    gen_kwargs = {"max_gen_toks": 16, "gen_length": 4, "steps": 2, "block_length": 2}
+    assert lengths(lm, "gsm8k", gen_kwargs) == (4, 2, 2)  # --gen_kwargs beat --model_args
 
 
 def test_lm_eval_generate_until_task_sets_canvas(eval_dir, tmp_path):
-    """A generate_until task's max_gen_toks is the canvas length, even where the preset says 1024."""
+    """A generate_until task's max_gen_toks is the canvas length, even where the preset says 1024; the preset's
+    1024-token schedule is then refused before any generate() call, and --gen_kwargs give the fix."""
     lm_eval = pytest.importorskip("lm_eval")
     from lm_eval.tasks import TaskManager
 
@@ -437,8 +505,12 @@ def test_lm_eval_generate_until_task_sets_canvas(eval_dir, tmp_path):
         return generate(input_ids, **kwargs)
 
     lm.model.generate = spy
+    task_manager = TaskManager(include_path=str(tmp_path), include_defaults=False)
+    with pytest.raises(ValueError, match="steps=1024 and block_length=1024 from the preset"):
+        lm_eval.simple_evaluate(model=lm, tasks=["gsm8k_tiny"], task_manager=task_manager)
+    assert calls == []
     results = lm_eval.simple_evaluate(
-        model=lm, tasks=["gsm8k_tiny"], task_manager=TaskManager(include_path=str(tmp_path), include_defaults=False)
+        model=lm, tasks=["gsm8k_tiny"], task_manager=task_manager, gen_kwargs="steps=16,block_length=16"
     )
     assert calls and calls[0][:3] == (2, 16, 16) and "zzz" in calls[0][3]  # one batch of 2, a 16-token canvas
     assert "exact_match,none" in results["results"]["gsm8k_tiny"]
