@@ -26,6 +26,7 @@ from .conversion import (
 from .data import DataReport, DiffusionCollator, load_rows, pack_sequences, prepare_dataset
 from .distributed import (
     FSDP_MIN_TRANSFORMERS,
+    FSDP_TRAP,
     ParallelismError,
     fsdp_config,
     fsdp_requested,
@@ -66,6 +67,7 @@ __all__ = [
     "DiffusionTrainer",
     "DiffusionTrainingArguments",
     "FSDP_MIN_TRANSFORMERS",
+    "FSDP_TRAP",
     "ModelArguments",
     "ParallelismError",
     "_distributed_config",
