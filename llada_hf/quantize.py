@@ -53,18 +53,16 @@ def quantization_config(name: str) -> Any:
     library or the device it needs is missing."""
     if name not in QUANTIZE_CHOICES:
         raise QuantizationError(f"unknown quantisation {name!r} (choose from {', '.join(QUANTIZE_CHOICES)})")
-    if name == "nf4":
-        if not torch.cuda.is_available():
-            raise QuantizationError(
-                "--quantize nf4 needs a CUDA GPU (bitsandbytes 4-bit); on a CPU use --quantize int8 or int4 (torchao)"
-            )
-        try:
-            import bitsandbytes  # noqa: F401
-        except ImportError as error:
-            raise QuantizationError("--quantize nf4 needs bitsandbytes: pip install bitsandbytes") from error
-        from transformers import BitsAndBytesConfig
+    if name == "nf4":  # the one bitsandbytes config (`llada_hf.loading.quantization_config`)
+        from .loading import ModelLoadError
+        from .loading import quantization_config as bitsandbytes_config
 
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
+        try:
+            return bitsandbytes_config(load_in_4bit=True, flag="--quantize nf4")
+        except ModelLoadError as error:
+            raise QuantizationError(
+                f"{error}" + ("; on a CPU use --quantize int8 or int4 (torchao)" if "CUDA" in str(error) else "")
+            ) from None
     if not torchao_available():
         raise QuantizationError(f"--quantize {name} needs torchao: pip install 'llada_hf[quant]' (or torchao)")
     from torchao.quantization import Int8WeightOnlyConfig, IntxWeightOnlyConfig
@@ -87,31 +85,19 @@ def load_quantized(
 
     Without `device_map`: the GPU when there is one (bitsandbytes always places through accelerate), else the CPU.
     """
-    from transformers import AutoModel, AutoTokenizer
+    from .loading import ModelLoadError, load_model_and_tokenizer
 
-    from . import register
-
-    register()
     config = quantization_config(quantize)
-    if model_path is None:
-        model_path = Path(__file__).parent / "assets" / "demo"
-        dtype = torch.float32 if dtype == "auto" else dtype
-    if isinstance(dtype, str) and dtype != "auto":
-        dtype = getattr(torch, dtype)
-    kwargs: dict[str, Any] = {"dtype": dtype, "quantization_config": config}
-    if attn_implementation is not None:
-        kwargs["attn_implementation"] = attn_implementation
+    if model_path is not None:
+        model_path = str(model_path)
     if device_map is None and torch.cuda.is_available():
         device_map = "cuda"
-    if device_map is not None:
-        kwargs["device_map"] = device_map
-    try:
-        model = AutoModel.from_pretrained(model_path, **kwargs).eval()
-        tokenizer = AutoTokenizer.from_pretrained(model_path)
-    except (OSError, ValueError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise QuantizationError(f"cannot load {model_path} quantised ({quantize}): {first}") from error
-    return model, tokenizer
+    try:  # the one loader (every family), with this quantisation config
+        return load_model_and_tokenizer(model_path, dtype, device_map, attn_implementation, quantization=config)
+    except QuantizationError:
+        raise
+    except ModelLoadError as error:
+        raise QuantizationError(f"{error} (quantised: {quantize})") from error
 
 
 def stored_bytes(folder: str | os.PathLike) -> int:

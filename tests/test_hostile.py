@@ -54,6 +54,128 @@ def folder_state(path: Path) -> dict[str, float]:
 # =====================================================================================================================
 
 
+def _chat(answer: object = "ok", role: str = "user") -> dict:
+    return {"messages": [{"role": role, "content": "hi"}, {"role": "assistant", "content": answer}]}
+
+
+_GOOD_CHAT = [_chat(f"ok {i}") for i in range(6)]
+
+# (rows, field named, place named, place that must NOT be named); the tiny tokenizer, a 1024-token model vocabulary.
+ROW_CASES = {
+    "id_at_vocab": ([{"input_ids": [5, 6, 1024]}], "input_ids", "row 0", None),
+    "id_far_beyond_vocab": ([{"input_ids": [5, 6, 7]}, {"input_ids": [5, 5000]}], "input_ids", "row 1", "row 0"),
+    "answer_id_beyond_vocab": ([{"prompt_ids": [5], "answer_ids": [6, 99999]}], "answer_ids", "row 0", None),
+    "bool_id": ([{"input_ids": [5, True]}], "input_ids", "row 0", None),
+    "empty_role": ([_chat(role="")], "role", "row 0", None),
+    "unknown_role": ([_chat(role="wizard")], "wizard", "row 0", None),
+    "int_content": ([_chat(5)], "content", "row 0", None),
+    "mixed_content_column": ([*_GOOD_CHAT[:4], _chat(5), _GOOD_CHAT[5]], "content", "row 4", "row 0"),
+    "int_completion": ([{"prompt": "a", "completion": "b"}, {"prompt": "a", "completion": 7}], "completion", "row 1",
+                       "row 0"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", ROW_CASES)
+def test_bad_training_rows_are_refused_before_training(case):
+    from llada_hf.tokenizer import build_tiny_tokenizer
+    from llada_hf.training import DataError, prepare_dataset
+
+    rows, field, place, not_place = ROW_CASES[case]
+    with pytest.raises(DataError) as caught:
+        prepare_dataset(rows, build_tiny_tokenizer(), vocab_size=1024)
+    message = str(caught.value)
+    assert field in message and place in message, message
+    assert not_place is None or f"{not_place}:" not in message, message
+    if case == "unknown_role":
+        assert "system, user, assistant" in message  # the accepted roles
+
+
+def test_a_mixed_type_jsonl_names_its_real_line(tmp_path):
+    """pyarrow sees the whole column; the error must name line 5 (the int), not the first lines."""
+    import json
+
+    from llada_hf.tokenizer import build_tiny_tokenizer
+    from llada_hf.training import DataError, load_rows, prepare_dataset
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in [*_GOOD_CHAT[:4], _chat(5), _GOOD_CHAT[5]]))
+    with pytest.raises(DataError) as caught:
+        rows, locate, label = load_rows(str(path), cache_dir=str(tmp_path / "cache"))
+        prepare_dataset(rows, build_tiny_tokenizer(), locate=locate, source=label)
+    message = str(caught.value)
+    assert f"{path} line 5" in message and "content" in message and "line 1:" not in message, message
+
+
+def test_diffusion_trainer_checks_ids_against_the_model_vocabulary(tmp_path):
+    from conftest import tiny_model
+    from transformers import TrainingArguments
+
+    from llada_hf.training import DataError, DiffusionCollator, DiffusionTrainer
+
+    model = tiny_model(0)
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True)
+    with pytest.raises(DataError, match=f"input_ids.*ids must be in \\[0, {model.config.vocab_size}\\)"):
+        DiffusionTrainer(
+            model=model, args=args, train_dataset=[{"input_ids": [1, 2, model.config.vocab_size]}],
+            data_collator=DiffusionCollator(mask_token_id=model.config.mask_token_id, pad_token_id=0),
+        )  # fmt: skip
+    assert folder_state(tmp_path / "out") == {}
+
+
+# `llada-hf train` flags: refused at parse time (before the model loads), `UsageError` naming the flag, no output.
+TRAIN_FLAG_CASES = {
+    "learning_rate_nan": (["--learning_rate", "nan"], "--learning_rate"),
+    "learning_rate_negative": (["--learning_rate", "-1"], "--learning_rate"),
+    "lora_r_zero": (["--use_peft", "--lora_r", "0"], "--lora_r"),
+    "lora_dropout_one": (["--use_peft", "--lora_dropout", "1"], "--lora_dropout"),
+    "lora_target_head": (["--use_peft", "--lora_target_modules", "lm_head"], "--lora_target_modules"),
+    "lora_target_embedding": (["--use_peft", "--lora_target_modules", "q_proj,embed_tokens"], "embed_tokens"),
+    "resume_missing": (["--resume_from_checkpoint", "/missing/checkpoint-5"], "--resume_from_checkpoint"),
+    "eps_zero": (["--eps", "0"], "--eps"),
+    "random_length_prob": (["--random_length_prob", "2"], "--random_length_prob"),
+    "reweight_gamma_nan": (["--reweight_gamma", "nan"], "--reweight_gamma"),
+    "anneal_negative": (["--attention_anneal_steps", "-3"], "--attention_anneal_steps"),
+    "max_length_zero": (["--max_length", "0"], "--max_length"),
+}
+
+
+@pytest.mark.parametrize("case", TRAIN_FLAG_CASES)
+def test_train_flags_are_checked_before_the_model_loads(case, tmp_path, monkeypatch):
+    import llada_hf.training.cli as train_cli
+    from llada_hf.errors import UsageError
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded before the flags were checked")
+
+    monkeypatch.setattr(train_cli, "load_model", never)
+    monkeypatch.setattr(train_cli, "load_config", never)
+    data = tmp_path / "rows.jsonl"
+    data.write_text('{"input_ids": [5, 6, 7]}\n')
+    out = tmp_path / "run"
+    flags, name = TRAIN_FLAG_CASES[case]
+    argv = ["--model_name_or_path", "tiny", "--train_file", str(data), "--output_dir", str(out), "--use_cpu", *flags]
+    with pytest.raises(UsageError) as caught:
+        train_cli.train_main(argv)
+    message = str(caught.value)
+    assert name in message and len(message.splitlines()) == 1, message
+    assert folder_state(out) == {} and not out.exists()
+
+
+def test_train_row_beyond_the_vocabulary_fails_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    import llada_hf.training.cli as train_cli
+
+    monkeypatch.setattr(train_cli, "load_model", lambda *a, **k: pytest.fail("loaded the model"))
+    monkeypatch.setattr("datasets.config.HF_DATASETS_CACHE", tmp_path / "cache")
+    data = tmp_path / "rows.jsonl"
+    data.write_text('{"input_ids": [5, 6, 7]}\n{"input_ids": [5, 4096]}\n')
+    out = tmp_path / "run"
+    argv = ["--model_name_or_path", "tiny", "--train_file", str(data), "--output_dir", str(out), "--use_cpu"]
+    assert train_cli.train_main([*argv, "--disable_tqdm", "true"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert f"{data} line 2" in error and "input_ids" in error and len(error.splitlines()) == 1, error
+    assert not out.exists()
+
+
 # =====================================================================================================================
 # lm-eval backend settings.
 # =====================================================================================================================

@@ -17,6 +17,7 @@ import torch
 from conftest import tiny_config, tiny_model
 
 import llada_hf
+from llada_hf.loading import ModelLoadError
 from llada_hf.training import (
     DEFAULT_LORA_TARGETS,
     EVAL_EPOCH,
@@ -43,6 +44,7 @@ from llada_hf.training import (
 
 datasets = pytest.importorskip("datasets")
 peft = pytest.importorskip("peft")
+from huggingface_hub import ModelCard  # noqa: E402
 from transformers import TrainerCallback, TrainingArguments  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -203,9 +205,13 @@ def test_pretraining_loss_hides_padding_with_an_attention_mask():
     assert math.isclose(loss.item(), total / 2, rel_tol=1e-5)
 
 
-def test_pretraining_loss_and_collator_default_to_the_same_length_rule():
+def test_pretraining_loss_and_trainer_default_to_the_same_length_rule(tmp_path):
     default = inspect.signature(pretraining_loss).parameters["random_length_prob"].default
-    assert default == DiffusionCollator(mask_token_id=MASK, pad_token_id=EOS).random_length_prob == 0.0
+    trainer = DiffusionTrainer(
+        model=tiny_model(0), args=TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True),
+        data_collator=DiffusionCollator(mask_token_id=MASK, pad_token_id=EOS, mode="pretrain"),
+    )  # fmt: skip
+    assert default == (trainer.args.random_length_prob or 0.0) == 0.0
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -554,6 +560,7 @@ def test_lora_targets_are_projections_only():
         f"base_model.model.model.layers.{i}.{blocks.get(name, 'mlp')}.{name}"
         for i in range(2)
         for name in DEFAULT_LORA_TARGETS
+        if name != "qkv_proj"  # LLaDA2's fused projection: not in this family
     }
     assert adapted == expected
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
@@ -597,11 +604,12 @@ def test_lora_reverse_task_slow():
     assert result["held_out_accuracy"] >= 0.8, result
 
 
-def test_4bit_loading_needs_bitsandbytes(tmp_path):
-    if importlib.util.find_spec("bitsandbytes") is not None:
-        pytest.skip("bitsandbytes is installed; 4-bit loading needs a CUDA device, not tested here")
+def test_4bit_loading_needs_bitsandbytes_and_cuda(tmp_path):
+    """The one bitsandbytes config (`llada_hf.loading.quantization_config`) refuses where it cannot work."""
+    if importlib.util.find_spec("bitsandbytes") is not None and torch.cuda.is_available():
+        pytest.skip("bitsandbytes and CUDA are here; 4-bit loading is not tested in the CPU suite")
     tiny_model(0).save_pretrained(tmp_path)
-    with pytest.raises(ImportError, match="bitsandbytes"):
+    with pytest.raises(ModelLoadError, match="--load_in_4bit needs (a CUDA GPU|bitsandbytes)"):
         load_model(str(tmp_path), load_in_4bit=True)
 
 
@@ -731,8 +739,32 @@ def test_train_main_runs_evaluates_and_saves(tmp_path, variant, capsys, datasets
     objective = "pre-training ELBO" if variant == "pretrain" else "Objective: SFT"
     assert objective in card and "masked-diffusion" in card and "learning_rate: 0.001" in card
     assert f"train: 16 rows from {data} (rows 8+)" in card and f"eval: 8 rows from {data} (first 8 rows)" in card
-    assert ("trained from scratch" in card) or ("is trained on" in card)
-    assert "Validation Loss" in card and "More information needed" in card  # Trainer sections kept
+    meta = ModelCard.load(out / "README.md").data
+    assert meta.library_name == "llada_hf" and meta.pipeline_tag == "text-generation" and meta.base_model is None
+    assert "Validation Loss" in card and "pip install llada_hf" in card and "More information needed" not in card
+
+
+@pytest.mark.parametrize(
+    ("base", "expected"),
+    [("GSAI-ML/LLaDA-8B-Instruct", "GSAI-ML/LLaDA-8B-Instruct"), ("gpt2", "gpt2"), ("local", None), ("tiny", None)],
+)
+def test_model_card_names_a_hub_base_only_and_says_how_to_load(tmp_path, base, expected):
+    """Built from the Trainer's own `create_model_card` arguments: no broken hub link for a local base."""
+    if base == "local":
+        base = str(tmp_path / "base")
+        os.makedirs(base)
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True, hub_model_id="me/run")
+    collator = DiffusionCollator(mask_token_id=MASK, pad_token_id=EOS)
+    trainer = DiffusionTrainer(model=tiny_model(0), args=args, data_collator=collator)
+    trainer.create_model_card(finetuned_from=base, tags="mine", dataset="my-rows")
+    text = (tmp_path / "out" / "README.md").read_text()
+    meta = ModelCard.load(tmp_path / "out" / "README.md").data
+    assert meta.base_model == expected and meta.library_name == "llada_hf"
+    assert meta.pipeline_tag == "text-generation" and {"mine", "llada", "masked-diffusion"} <= set(meta.tags)
+    assert ("huggingface.co/" + str(expected) in text) == (expected is not None) and str(tmp_path) not in text
+    usage = text.split("## Usage", 1)[1]
+    assert "pip install llada_hf" in usage and "import llada_hf" in usage and '"me/run"' in usage
+    assert "--format remote-code" in usage and "trust_remote_code=True" in usage
 
 
 def test_train_main_reads_trl_prompt_completion_rows_and_any_load_dataset_source(tmp_path, capsys, datasets_cache):
@@ -788,7 +820,6 @@ def test_too_long_prompts_are_reported_and_an_all_too_long_dataset_is_refused(
 @pytest.mark.parametrize(
     ("setup", "message"),
     [
-        ("max_length", "--max_length must be at least 1, got 0"),
         ("empty", "no rows (empty file)"),
         ("eval_size", "--eval_size 12 leaves nothing to train on: {data} has 12 rows"),
         ("missing", "{data}: no such file"),
@@ -796,7 +827,7 @@ def test_too_long_prompts_are_reported_and_an_all_too_long_dataset_is_refused(
 )
 def test_bad_settings_and_empty_data_give_one_clear_error(tmp_path, capsys, setup, message, datasets_cache):
     data = _write_jsonl(tmp_path / "rows.jsonl", [{"prompt": str(i), "answer": str(i)} for i in range(12)])
-    extra = {"max_length": ["--max_length", "0"], "eval_size": ["--eval_size", "12"]}
+    extra = {"eval_size": ["--eval_size", "12"]}
     if setup == "empty":
         data.write_text("\n\n")
     elif setup == "missing":
