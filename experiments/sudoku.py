@@ -23,9 +23,9 @@ Ye et al.'s adaptive weight, gamma 2). Learning rate per model from a sweep on a
 other seeds at that rate; test = held-out puzzles.
 
     python experiments/sudoku.py --seeds 2
-    python experiments/sudoku.py --seeds 3 --seed-offset 2 --variants mdm,ar --lrs-from results/sudoku.json \
-        --out-dir /tmp/part        # more seeds at the rates seed 0's validation picked (no re-pick)
-    python experiments/sudoku.py --merge results/sudoku.json /tmp/part/sudoku_seeds2-4.json   # one report
+    python experiments/sudoku.py --seeds 3 --seed-offset 2 --variants mdm,ar --steps 1200 --lrs 2e-3,4e-3 \
+        --lrs-from experiments/results/sudoku_seeds0-1.json --out-dir /tmp/part   # more seeds at the picked rates
+    python experiments/sudoku.py --merge experiments/results/sudoku_seeds0-1.json /tmp/part/sudoku_seeds2-4.json
 
 A merged report adds a paired comparison of MDM and AR over their common seeds (per-seed difference, exact sign
 test, paired t-test).
