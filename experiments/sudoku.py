@@ -23,11 +23,19 @@ Ye et al.'s adaptive weight, gamma 2). Learning rate per model from a sweep on a
 other seeds at that rate; test = held-out puzzles.
 
     python experiments/sudoku.py --seeds 2
+    python experiments/sudoku.py --seeds 3 --seed-offset 2 --variants mdm,ar --steps 1200 --lrs 2e-3,4e-3 \
+        --lrs-from experiments/results/sudoku_seeds0-1.json --out-dir /tmp/part   # more seeds at the picked rates
+    python experiments/sudoku.py --merge experiments/results/sudoku_seeds0-1.json /tmp/part/sudoku_seeds2-4.json
+
+A merged report adds a paired comparison of MDM and AR over their common seeds (per-seed difference, exact sign
+test, paired t-test).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import random
 import statistics
 import sys
@@ -321,9 +329,97 @@ def run_all(task: Sudoku, args) -> dict:
             best = run_one(variant, 0, candidates[0], args, task, test, validation)
         best_lr[variant] = best["lr"]
         runs[variant] = [best] + [run_one(variant, s, best["lr"], args, task, test) for s in range(1, args.seeds)]
-    metrics = ["exact", "cell", "threshold_exact", "threshold_cell", "tokens_per_forward", "final_loss"]
-    summary = {v: {m: mean_std([r[m] for r in rs]) for m in metrics if m in rs[0]} for v, rs in runs.items()}
-    return {"sweep": sweep, "runs": runs, "best_lr": best_lr, "summary": summary}
+    return {"sweep": sweep, "runs": runs, "best_lr": best_lr, "summary": summarise(runs)}
+
+
+METRICS = ["exact", "cell", "threshold_exact", "threshold_cell", "tokens_per_forward", "final_loss"]
+# Settings that must agree for runs to be reported together (everything that shapes training and scoring).
+BUDGET = ("box_rows", "box_cols", "blanks", "pool_size", "steps", "batch_size", "reweight_gamma", "threshold",
+          "backbone", "test_size")  # fmt: skip
+
+
+def summarise(runs: dict[str, list[dict]]) -> dict:
+    return {v: {m: mean_std([r[m] for r in rs]) for m in METRICS if m in rs[0]} for v, rs in runs.items() if rs}
+
+
+def run_more_seeds(task: Sudoku, args, command: str, path: Path) -> dict:
+    """Seeds `--seed-offset`.. of `--variants` at the learning rates that `--lrs-from`'s seed-0 validation sweep
+    selected (never re-picked on these seeds), seed by seed (MDM and AR of a seed next to each other, so a cut-short
+    run still holds pairs); the part file is rewritten after every run."""
+    source = json.loads(Path(args.lrs_from).read_text())
+    mismatch = [k for k in BUDGET if source["config"][k] != vars(args)[k]]
+    if mismatch:
+        raise SystemExit(f"--lrs-from: {mismatch} differ from {args.lrs_from}")
+    test = task.held_out(args.test_size, seed=10_000)
+    data = {"command": command, "lrs_from": args.lrs_from, "best_lr": source["best_lr"],
+            "config": {k: v for k, v in vars(args).items() if k not in ("out_dir", "merge")},
+            "runs": {v: [] for v in args.variants}}  # fmt: skip
+    start, cpu = time.time(), time.process_time()
+    for s in range(args.seeds):
+        for variant in args.variants:
+            data["runs"][variant].append(run_one(variant, s, source["best_lr"][variant], args, task, test))
+            data.update(wall_s=round(time.time() - start, 1), cpu_s=round(time.process_time() - cpu, 1),
+                        summary=summarise(data["runs"]))  # fmt: skip
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(data, indent=2) + "\n")
+    return data
+
+
+def merge(paths: list[str]) -> dict:
+    """One result from a full run (with its learning-rate sweep) and parts over other seeds at the same rates."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    base = next((p for p in parts if p.get("sweep")), None)
+    if base is None:
+        raise SystemExit("--merge: one file must be a full run (with the seed-0 learning-rate sweep)")
+    for part in parts:
+        mismatch = [k for k in BUDGET if part["config"][k] != base["config"][k]]
+        if mismatch or part["best_lr"] != base["best_lr"]:
+            raise SystemExit(f"--merge: {mismatch or 'best_lr'} differ between {paths[0]} and the others")
+    runs = {v: [r for part in parts for r in part["runs"].get(v, [])] for v in base["runs"]}
+    for variant, records in runs.items():
+        seeds = [r["seed"] for r in records]
+        if len(set(seeds)) != len(seeds):
+            raise SystemExit(f"--merge: {variant} seeds overlap ({sorted(seeds)})")
+        records.sort(key=lambda r: r["seed"])
+    config = dict(base["config"], seeds={v: len(rs) for v, rs in runs.items()}, merged=paths)
+    return {"command": " and ".join(p["command"] for p in parts), "wall_s": round(sum(p["wall_s"] for p in parts), 1),
+            "cpu_s": round(sum(p["cpu_s"] for p in parts), 1), "config": config, "sweep": base["sweep"],
+            "runs": runs, "best_lr": base["best_lr"], "summary": summarise(runs),
+            "paired": paired(runs["mdm"], runs["ar"])}  # fmt: skip
+
+
+def paired(a: list[dict], b: list[dict], metric: str = "exact") -> dict:
+    """a - b over the seeds both have: per-seed differences, mean ± sample std, the exact two-sided sign test (ties
+    dropped) and the paired t-test (scipy, if installed)."""
+    by_seed = {r["seed"]: r[metric] for r in b}
+    seeds = sorted(r["seed"] for r in a if r["seed"] in by_seed)
+    diffs = [next(r[metric] for r in a if r["seed"] == s) - by_seed[s] for s in seeds]
+    wins, losses = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
+    n = wins + losses
+    sign_p = min(1.0, 2 * sum(math.comb(n, k) for k in range(min(wins, losses) + 1)) / 2**n) if n else 1.0
+    result = {"metric": metric, "seeds": seeds, "diffs": diffs, "wins": wins, "losses": losses, "sign_p": sign_p,
+              **({"diff": mean_std(diffs)} if diffs else {})}  # fmt: skip
+    try:
+        from scipy import stats
+    except ImportError:
+        return result
+    if len(diffs) > 1:
+        test = stats.ttest_1samp(diffs, 0.0)
+        result.update(t=float(test.statistic), t_p=float(test.pvalue))
+    return result
+
+
+def paired_text(p: dict) -> str:
+    rows = [[s, f"{100 * d:+.1f}"] for s, d in zip(p["seeds"], p["diffs"])]
+    d = p["diff"]
+    t = f"; paired t = {p['t']:.2f}, two-sided p = {p['t_p']:.2g}" if "t_p" in p else ""
+    return (
+        f"\nPaired comparison, MDM (easy-first) − AR, test exact match, over the {len(p['seeds'])} seeds both have "
+        f"(same seed: same initialisation seed and batch order):\n\n"
+        + markdown_table(["seed", "MDM − AR (points)"], rows)
+        + f"\nMean difference {100 * d['mean']:+.1f} ± {100 * d['std']:.1f} points (sample std); MDM ahead on "
+        f"{p['wins']} seeds, behind on {p['losses']}; exact sign test p = {p['sign_p']:.2g}{t}.\n"
+    )
 
 
 def report(task: Sudoku, result: dict, args, command: str, wall: float, cpu: float) -> str:
@@ -345,6 +441,9 @@ def report(task: Sudoku, result: dict, args, command: str, wall: float, cpu: flo
         for v in VARIANTS for r in result["runs"][v]
     ]  # fmt: skip
     b = args.backbone
+    counts = {v: len(rs) for v, rs in result["runs"].items()}
+    seed_counts = (f"{counts['mdm']} seed(s)" if len(set(counts.values())) == 1
+                   else ", ".join(f"{n} seeds ({VARIANTS[v]})" for v, n in counts.items()))  # fmt: skip
     text = (
         f"# Sudoku {task.n}x{task.n} ({task.box_rows}x{task.box_cols} boxes)\n\n`{command}` ({wall:.0f} s wall, "
         f"{cpu:.0f} s CPU, {args.threads} thread(s), on a CPU shared with other jobs)\n\n"
@@ -352,7 +451,7 @@ def report(task: Sudoku, result: dict, args, command: str, wall: float, cpu: flo
         f"{args.pool_size} puzzles through random symmetries; {args.validation_size} validation and {args.test_size} "
         f"held-out test puzzles (none in the pool). Backbone {b['hidden_size']} wide, {b['num_hidden_layers']} "
         f"layers, {b['num_attention_heads']} heads; {args.steps} steps x batch {args.batch_size}; answer = the full "
-        f"grid ({task.answer_length} tokens). Mean ± sample std over {args.seeds} seed(s) at each model's selected "
+        f"grid ({task.answer_length} tokens). Mean ± sample std over {seed_counts} at each model's selected "
         f"learning rate (MDM {result['best_lr']['mdm']:g}, AR {result['best_lr']['ar']:g}, MDM + reweighting "
         f"{result['best_lr']['mdm_rw']:g}, gamma {args.reweight_gamma:g}). Exact match: the whole grid; per cell: the "
         f"blank cells. Test puzzles that also occurred in a run's training batches (exactly, after the symmetries): "
@@ -377,6 +476,8 @@ def report(task: Sudoku, result: dict, args, command: str, wall: float, cpu: flo
             seed_rows,
         )  # fmt: skip
     )
+    if "paired" in result:
+        text += paired_text(result["paired"])
     if result["sweep"]:
         sweep_rows = [
             [VARIANTS[v], f"{r['lr']:g}", f"{r['final_loss']:.3f}", f"{100 * r['validation_exact']:.1f}",
@@ -440,7 +541,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-every", type=int, default=25)
     parser.add_argument("--variants", default="mdm,ar,mdm_rw", help="subset for pilots (the report needs all three)")
     parser.add_argument("--seed-offset", type=int, default=0, help="pilots: seeds start here")
+    parser.add_argument("--lrs-from", metavar="JSON", help="more seeds at the rates this full run selected (no sweep)")
+    parser.add_argument("--merge", nargs="+", metavar="JSON", help="one report from a full run and --lrs-from parts")
     args = parser.parse_args(argv)
+    if args.merge:
+        data = merge(args.merge)
+        run_args = argparse.Namespace(**dict(data["config"], seeds=max(data["config"]["seeds"].values())))
+        task = Sudoku(run_args.box_rows, run_args.box_cols, run_args.blanks, 1, seed=0)
+        markdown = report(task, data, run_args, data["command"], data["wall_s"], data["cpu_s"])
+        title = f"Sudoku {task.n}x{task.n}, {task.blanks} blanks ({run_args.seeds} seeds MDM / AR)"
+        write_results("sudoku", markdown, data, plot(data, run_args.threshold, title), Path(args.out_dir))
+        return 0
     if args.quick:
         args.steps, args.batch_size, args.pool_size, args.lrs, args.log_every = 4, 8, 30, "3e-3,1e-2", 2
         args.seeds, args.test_size, args.validation_size = min(args.seeds, 2), 6, 4
@@ -456,6 +567,10 @@ def main(argv: list[str] | None = None) -> int:
     task = Sudoku(args.box_rows, args.box_cols, args.blanks, args.pool_size, seed=0)
     print(f"sudoku {task.n}x{task.n}, {args.blanks} blanks: pool of {args.pool_size} in {time.time() - start:.1f} s",
           flush=True)  # fmt: skip
+    if args.lrs_from:
+        last = args.seed_offset + args.seeds - 1
+        run_more_seeds(task, args, command, Path(args.out_dir) / f"sudoku_seeds{args.seed_offset}-{last}.json")
+        return 0
     result = run_all(task, args)
     if len(args.variants) < 3:
         print(result["summary"])

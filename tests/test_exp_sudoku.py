@@ -146,3 +146,48 @@ def test_quick_run_writes_results(tmp_path):
         assert 1 <= data["summary"][variant]["tokens_per_forward"]["mean"] <= data["config"]["blanks"] + 16
         assert 0 <= data["summary"][variant]["threshold_exact"]["mean"] <= 1
     assert "threshold_exact" not in data["summary"]["ar"] and data["best_lr"]["mdm_rw"] == data["best_lr"]["mdm"]
+
+
+def test_paired_comparison_counts_signs_and_matches_a_hand_t_test():
+    """Differences over the common seeds only; sign test and t statistic recomputed here from their definitions."""
+    a = [{"seed": s, "exact": v} for s, v in zip([0, 1, 2, 3, 4, 9], [0.9, 0.8, 0.7, 0.95, 0.6, 0.1])]
+    b = [{"seed": s, "exact": v} for s, v in zip([4, 3, 2, 1, 0], [0.5, 0.9, 0.6, 0.85, 0.8])]
+    result = sudoku.paired(a, b)
+    diffs = [0.9 - 0.8, 0.8 - 0.85, 0.7 - 0.6, 0.95 - 0.9, 0.6 - 0.5]
+    assert result["seeds"] == [0, 1, 2, 3, 4] and result["diffs"] == pytest.approx(diffs)
+    assert (result["wins"], result["losses"]) == (4, 1)
+    assert result["sign_p"] == pytest.approx(2 * (1 + 5) / 2**5)  # P(<= 1 loss of 5 fair coins), both tails
+    mean = sum(diffs) / 5
+    sd = (sum((d - mean) ** 2 for d in diffs) / 4) ** 0.5
+    assert result["diff"]["mean"] == pytest.approx(mean) and result["diff"]["std"] == pytest.approx(sd)
+    stats = pytest.importorskip("scipy.stats")
+    t = mean / (sd / 5**0.5)
+    assert result["t"] == pytest.approx(t) and result["t_p"] == pytest.approx(2 * stats.t.sf(abs(t), 4))
+
+
+@pytest.mark.slow
+def test_more_seeds_at_the_picked_rates_reproduce_and_merge(tmp_path):
+    """`--lrs-from` reruns a seed of the full run exactly (same settings, same picked rate, no re-pick); `--merge`
+    reports the union with per-variant seed counts and the paired comparison; overlaps and other budgets refuse."""
+    base = tmp_path / "sudoku.json"
+    assert sudoku.main(["--quick", "--out-dir", str(tmp_path)]) == 0
+    full = json.loads(base.read_text())
+    more = ["--quick", "--variants", "mdm,ar", "--lrs-from", str(base)]
+    assert sudoku.main([*more, "--seeds", "1", "--seed-offset", "1", "--out-dir", str(tmp_path / "again")]) == 0
+    again = json.loads((tmp_path / "again" / "sudoku_seeds1-1.json").read_text())
+    for variant in ("mdm", "ar"):
+        (rerun,), original = again["runs"][variant], full["runs"][variant][1]
+        assert rerun["lr"] == full["best_lr"][variant] and rerun["seed"] == original["seed"] == 1
+        assert all(rerun[k] == original[k] for k in ("exact", "cell", "final_loss", "threshold_cell") if k in original)
+    assert sudoku.main([*more, "--seeds", "2", "--seed-offset", "2", "--out-dir", str(tmp_path / "part")]) == 0
+    part = tmp_path / "part" / "sudoku_seeds2-3.json"
+    assert sudoku.main(["--merge", str(base), str(part), "--out-dir", str(tmp_path / "merged")]) == 0
+    merged = json.loads((tmp_path / "merged" / "sudoku.json").read_text())
+    assert {v: [r["seed"] for r in rs] for v, rs in merged["runs"].items()} == {
+        "mdm": [0, 1, 2, 3], "ar": [0, 1, 2, 3], "mdm_rw": [0, 1]}  # fmt: skip
+    assert merged["summary"]["mdm"]["exact"]["n"] == 4 and merged["paired"]["seeds"] == [0, 1, 2, 3]
+    assert "Paired comparison" in (tmp_path / "merged" / "sudoku.md").read_text()
+    with pytest.raises(SystemExit, match="overlap"):
+        sudoku.merge([str(base), str(part), str(part)])
+    with pytest.raises(SystemExit, match="blanks"):
+        sudoku.main([*more, "--blanks", "9", "--out-dir", str(tmp_path / "other")])
