@@ -20,7 +20,7 @@ from .protocol import Job
 class DiffusionBatcher:
     """One worker thread running `model.generate` on batches of queued `Job`s (grouped by settings)."""
 
-    def __init__(self, model, tokenizer, max_batch_size: int = 8, compile: bool = False) -> None:
+    def __init__(self, model, tokenizer, max_batch_size: int = 8, compile: bool = False, start: bool = True) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.max_batch_size = max_batch_size
         self.compile = compile
@@ -39,6 +39,11 @@ class DiffusionBatcher:
         self._lock = threading.Condition()
         self._stopped = False
         self._thread = threading.Thread(target=self._loop, name="llada-hf-batcher", daemon=True)
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        """Start the worker (`start=False` then `start()`: jobs queued before it share the first batch)."""
         self._thread.start()
 
     def submit(self, job: Job) -> Future:
