@@ -137,12 +137,19 @@ def test_completions_endpoint(client, demo):
         ({"n": 0}, "n"),
         ({"stop": 5}, "stop"),
         ({"extra_body": {"steps": 0}}, "steps"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"stream_options": {"chunk_size": 2}}, "stream_options"),
     ],
 )
 def test_refused_fields_name_themselves(client, kwargs, field):
     with pytest.raises(openai.BadRequestError) as error:
         chat(client, QUESTION, **kwargs)
     assert field in str(error.value)
+
+
+def test_completions_refuses_echo(client):
+    with pytest.raises(openai.BadRequestError, match="echo"):
+        client.completions.create(model="demo", prompt="What is", echo=True)
 
 
 def test_other_model_name_is_400(client):
@@ -204,3 +211,16 @@ def test_batched_rows_equal_alone_rows(demo, family):
     together, batches = run(prompts)
     assert batches == 1
     assert together == [run([p])[0][0] for p in prompts]
+
+
+def test_different_settings_never_share_a_batch(demo):
+    model = demo[0]
+    plans = [protocol.plan_canvas(model.generation_config, 128, 8, 16, extra) for extra in ({}, {"steps": 8})]
+    batcher = DiffusionBatcher(model, _NoTokenizer(), max_batch_size=8, start=False)
+    futures = [batcher.submit(protocol.Job([[5, 6, 7]], 1, plan, None, [])) for plan in plans * 2]
+    batcher.start()
+    try:
+        [f.result(timeout=60) for f in futures]
+    finally:
+        batcher.shutdown()
+    assert batcher.batches == 2  # one per settings group, each with its two requests
