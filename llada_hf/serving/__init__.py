@@ -49,6 +49,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"llada-hf serve: error: {error}", file=sys.stderr)
         return 1
     model_id = args.model_id or args.model or "demo"
+    if args.compile:  # compile before listening, not in the first client's request (minutes on a CPU)
+        print("llada-hf serve: compiling the denoising step (one warm-up generate) ...", flush=True)
+        hello = [{"role": "user", "content": "Hi"}]
+        text = tokenizer.apply_chat_template(hello, add_generation_prompt=True, tokenize=False)
+        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+        model.generate(ids.to(model.device), compile=True)
     app, batcher = build_app(model, tokenizer, model_id, max_batch_size=args.max_batch_size, compile=args.compile)
     print(f"llada-hf serve: {model_id} on http://{args.host}:{args.port}/v1", flush=True)
     try:
