@@ -224,3 +224,13 @@ def test_different_settings_never_share_a_batch(demo):
     finally:
         batcher.shutdown()
     assert batcher.batches == 2  # one per settings group, each with its two requests
+
+
+@pytest.mark.parametrize("argv, flag", [(["--max-batch-size", "0"], "--max-batch-size"), (["--port", "-1"], "--port")])
+def test_bad_flags_are_usage_errors_before_loading(argv, flag):
+    from llada_hf import cli
+    from llada_hf.errors import UsageError
+
+    args = cli.build_parser().parse_args(["serve", "/nonexistent", *argv])
+    with pytest.raises(UsageError, match=flag):
+        args.serve_main(args)

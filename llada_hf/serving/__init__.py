@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import UsageError
+from ..loading import DTYPES
 
 
 def add_serve_args(sub) -> argparse.ArgumentParser:
@@ -19,10 +20,12 @@ def add_serve_args(sub) -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve.add_argument("--max-batch-size", type=int, default=8, help="rows denoised together at most (default 8)")
     serve.add_argument("--compile", action="store_true", help="compiled denoising step (generate(compile=True))")
-    serve.add_argument("--dtype", default="auto", help="weights dtype (auto, float32, bfloat16, float16)")
+    serve.add_argument("--dtype", choices=DTYPES, default="auto", help="weights dtype")
     serve.add_argument("--device-map", default=None, help="accelerate placement (auto, cpu, cuda:0, ...)")
     serve.add_argument("--model-id", default=None, help="the name /v1/models reports (default: MODEL or 'demo')")
-    serve.add_argument("--log-level", default="warning", help="uvicorn log level (default warning)")
+    serve.add_argument(
+        "--log-level", choices=["critical", "error", "warning", "info", "debug"], default="warning", help="uvicorn's"
+    )
     serve.set_defaults(serve_main=cmd_serve)
     return serve
 
