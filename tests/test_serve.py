@@ -175,6 +175,8 @@ def test_plan_canvas(demo):
     assert protocol.plan_canvas(config, 128, 20, 20, {"block_length": 8})["max_new_tokens"] == 24
     with pytest.raises(ValueError, match="max_tokens"):
         protocol.plan_canvas(config, 128, 120, 8, {})
+    one_block = type(config)(max_new_tokens=128, steps=64)  # no block_length: the canvas is one block
+    assert protocol.plan_canvas(one_block, 256, 20, 20, {}) == {"max_new_tokens": 20, "steps": 10, "block_length": 20}
 
 
 def test_cut_answer_counts_real_tokens():

@@ -158,19 +158,21 @@ def plan_canvas(generation_config, max_positions: int | None, prompt_len: int, m
 
     A ValueError (400) names `max_tokens` when not one block fits after the prompt."""
     default_new = generation_config.max_new_tokens or generation_config.block_length or 128
-    block = extra.get("block_length") or generation_config.block_length or default_new
     default_steps = generation_config.steps or default_new
     wanted = max_tokens if max_tokens is not None else default_new
-    canvas = math.ceil(wanted / block) * block
+    block = extra.get("block_length") or generation_config.block_length  # None: the canvas is one block
+    unit = block or 1
+    canvas = math.ceil(wanted / unit) * unit
     if max_positions:
         left = max_positions - prompt_len
-        canvas = min(canvas, max(left, 0) // block * block)
+        canvas = min(canvas, max(left, 0) // unit * unit)
         if canvas <= 0:
             raise bad(
                 "max_tokens",
                 f"the prompt ({prompt_len} tokens) leaves {max(left, 0)} of the model's {max_positions} positions, "
-                f"less than one block ({block} tokens): shorten the prompt or lower block_length",
+                f"less than one block ({unit} tokens): shorten the prompt or lower block_length",
             )
+    block = block or canvas
     steps = extra.get("steps")
     if steps is None:
         per_block = max(1, math.ceil(block * default_steps / default_new))
