@@ -157,6 +157,7 @@ def cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .memory import add_memory_args
+    from .serving import add_serve_args
 
     parser = argparse.ArgumentParser(prog="llada-hf", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -180,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     memory = sub.add_parser("memory", help="memory per device of a model and one generation step (no weights read)")
     add_memory_args(memory)
+    add_serve_args(sub)
 
     sub.add_parser("train", help="train or fine-tune (see `llada-hf train --help`)", add_help=False)
     evaluate = sub.add_parser("eval", help="lm-eval with the llada_hf backend (lm_eval's arguments)", add_help=False)
@@ -201,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_eval(args, rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "serve":
+        return args.serve_main(args)
     command = {"demo": cmd_demo, "chat": cmd_chat, "export": cmd_export, "memory": cmd_memory}[args.command]
     try:
         return command(args)
