@@ -572,7 +572,8 @@ class DiffusionSampler:
 
     @staticmethod
     def _build_processors(config, user_processors) -> LogitsProcessorList:
-        """The user's processors first (as in transformers), then those the config's fields ask for."""
+        """The user's processors, then those the config's fields ask for (transformers appends the user's after its
+        own): the fields' bans act last, so a user processor cannot lift them."""
         processors = LogitsProcessorList()
         if config.remove_invalid_values:
             processors.append(InfNanRemoveLogitsProcessor())
