@@ -13,6 +13,7 @@ and no host synchronisation, so it compiles whole. The per-call loop state lives
 """
 
 import copy
+import json
 import math
 import os
 import warnings
@@ -562,6 +563,7 @@ class DiffusionSampler:
         self.eot_ids = _as_list(config.eot_token_id)
         self.confidence_rule = CONFIDENCE_RULES[config.remasking]
         self.draws_scores = config.remasking == "random"
+        self.user_processor_ids = {id(processor) for processor in logits_processor or []}
         self.processors = self._build_processors(config, logits_processor)
         self.warpers = self._build_warpers(config) if self.temperature > 0 else LogitsProcessorList()
         self.min_new_tokens = config.min_new_tokens or 0
@@ -570,7 +572,8 @@ class DiffusionSampler:
 
     @staticmethod
     def _build_processors(config, user_processors) -> LogitsProcessorList:
-        """The user's processors first (as in transformers), then those the config's fields ask for."""
+        """The user's processors, then those the config's fields ask for (transformers appends the user's after its
+        own): the fields' bans act last, so a user processor cannot lift them."""
         processors = LogitsProcessorList()
         if config.remove_invalid_values:
             processors.append(InfNanRemoveLogitsProcessor())
@@ -585,6 +588,27 @@ class DiffusionSampler:
         if config.suppress_tokens:
             processors.append(SuppressTokensLogitsProcessor(config.suppress_tokens))
         return processors
+
+    def _run_processors(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """The processors in order; a user processor that changes the scores' shape, or leaves a position with NaN
+        for every token (its argmax would silently be token 0), is named in the error."""
+        for processor in self.processors:
+            out = processor(input_ids, scores)
+            if id(processor) in self.user_processor_ids:
+                name = type(processor).__name__
+                if not isinstance(out, torch.Tensor) or out.shape != scores.shape:
+                    got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+                    raise ValueError(
+                        f"logits_processor {name} returned scores of shape {got}; it must return the shape it was "
+                        f"given, {tuple(scores.shape)} (one row per scored position, one column per vocabulary id)."
+                    )
+                if not torch.compiler.is_compiling() and bool(out.isnan().all(-1).any()):
+                    raise ValueError(
+                        f"logits_processor {name} returned NaN for every token of a position: there is nothing to "
+                        "choose from (argmax would silently pick token 0). Return finite scores or -inf to ban tokens."
+                    )
+            scores = out
+        return scores
 
     @staticmethod
     def _build_warpers(config) -> LogitsProcessorList:
@@ -653,7 +677,7 @@ class DiffusionSampler:
         if self.processors or self.warpers:
             batch, width, vocab = scores.shape
             flat_ids = x.repeat_interleave(width, dim=0)
-            flat = self.processors(flat_ids, scores.reshape(batch * width, vocab))
+            flat = self._run_processors(flat_ids, scores.reshape(batch * width, vocab))
             if self.warpers:  # decided on the tempered distribution, as transformers orders them
                 kept = self.warpers(flat_ids, flat / self.temperature) > -torch.inf
                 flat = flat.masked_fill(~kept, -torch.inf)
@@ -761,8 +785,13 @@ class DiffusionGenerationMixin:
                     _from_auto=from_auto_class,
                     _from_pipeline=from_pipeline,
                 )
-            except OSError:
-                pass  # keep the one built from the model config
+            except OSError as error:
+                # A missing file keeps the config built from the model config; an unreadable one is not ignored
+                # (the model would silently sample with default settings instead of the checkpoint's).
+                if isinstance(error.__context__, (json.JSONDecodeError, UnicodeDecodeError)):
+                    raise ValueError(
+                        f"generation_config.json could not be read: {error} ({error.__context__})"
+                    ) from None
 
     def _diffusion_device(self, input_ids) -> torch.device:
         """Where the canvas lives: the embedding's device, or, if accelerate offloaded it (weight on meta), the device
@@ -793,7 +822,13 @@ class DiffusionGenerationMixin:
             config.max_new_tokens = None  # resolved against the prompt length in generate()
         elif kwargs.get("max_length") is not None and kwargs.get("max_new_tokens") is not None:
             warnings.warn("Both max_new_tokens and max_length are set; max_new_tokens takes precedence.", stacklevel=3)
+        steps_per_token = None
+        if generation_config is None and "steps" not in kwargs and base.steps and base.max_new_tokens:
+            if any(kwargs.get(name) is not None for name in ("max_new_tokens", "max_length")):
+                # The canvas is the user's (or the infill masks), the steps the checkpoint's: keep its tokens per step
+                steps_per_token = base.steps / base.max_new_tokens
         unused = config.update(**kwargs)
+        config._steps_per_token = steps_per_token
         unused.pop("tokenizer", None)  # the pipeline passes it along; stop_strings use it
         for name in REJECTED_KWARGS:
             unused.pop(name, None)
@@ -1147,6 +1182,8 @@ class DiffusionGenerationMixin:
             if n_masks == 0:
                 raise ValueError("Nothing to generate: max_new_tokens is 0 and the input has no mask tokens.")
             steps = config.steps or n_masks
+            if getattr(config, "_steps_per_token", None):
+                steps = scaled_steps(config._steps_per_token, n_masks, 1)
             if config.selection == "schedule" and steps > n_masks:
                 raise ValueError(f"steps ({steps}) > masks to fill ({n_masks}): some steps would commit nothing.")
             return [(0, prompt_len, steps)]
@@ -1155,6 +1192,8 @@ class DiffusionGenerationMixin:
             raise ValueError(f"max_new_tokens ({gen_len}) must be divisible by block_length ({block_length}).")
         num_blocks = gen_len // block_length
         steps = config.steps or gen_len
+        if getattr(config, "_steps_per_token", None):
+            steps = scaled_steps(config._steps_per_token, gen_len, num_blocks)
         if config.selection == "schedule":
             if steps > gen_len:
                 raise ValueError(f"steps ({steps}) > max_new_tokens ({gen_len}): some steps would commit nothing.")
@@ -1165,6 +1204,14 @@ class DiffusionGenerationMixin:
         return [
             (first if b == 0 else start, end, max(steps // num_blocks, 1)) for b, (start, end) in enumerate(blocks)
         ]
+
+
+def scaled_steps(steps_per_token: float, tokens: int, num_blocks: int) -> int:
+    """Steps for a `tokens`-long canvas at a checkpoint's `steps_per_token`: the nearest multiple of `num_blocks`
+    (half up) between `num_blocks` and `tokens`, so every block gets the same number of steps, each committing one
+    token or more."""
+    per_block = math.floor(tokens * steps_per_token / num_blocks + 0.5)
+    return num_blocks * min(max(per_block, 1), tokens // num_blocks)
 
 
 def _check_ids(input_ids, attention_mask, device):
@@ -1192,8 +1239,9 @@ def _check_ids(input_ids, attention_mask, device):
             raise ValueError(
                 f"attention_mask shape {tuple(attention_mask.shape)} != input_ids {tuple(input_ids.shape)}."
             )
-        if attention_mask.is_floating_point() and not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
-            raise ValueError("attention_mask must hold 0/1 values.")
+        if attention_mask.numel() and not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+            bad = attention_mask[(attention_mask != 0) & (attention_mask != 1)][0].item()
+            raise ValueError(f"attention_mask must hold 0/1 values (1: token, 0: padding), got {bad}.")
         attention_mask = attention_mask.to(device=device, dtype=torch.long)
     return input_ids, attention_mask
 

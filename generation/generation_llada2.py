@@ -320,6 +320,7 @@ class LLaDA2GenerationMixin(DiffusionGenerationMixin):
             raise ValueError("official=True takes no padding (the official sampler has no attention mask).")
         generic = copy.copy(config)  # the engine's generic checks (ids, mask token, padding); not its step rules
         generic.threshold = generic.steps = generic.block_length = None
+        generic._steps_per_token = None  # LLaDA2 steps are per block: a new canvas length needs no rescaling
         super()._check_diffusion_inputs(input_ids, attention_mask, generic)
         prompt_len, gen_len, block_length = input_ids.shape[1], config.max_new_tokens, config.block_length
         if gen_len == 0:

@@ -39,9 +39,12 @@ def hub_config_path(name: str) -> Path:
 
 def load_hub_config(name: str, **overrides) -> LLaDAConfig | LLaDA2MoeConfig:
     """The named config as its config class (`LLaDAConfig`, `LLaDA2MoeConfig`, by `model_type`); `overrides`
-    (standard or official key names) replace file values."""
+    (standard or official key names) replace file values. An unknown override key is refused (a typo such as
+    `hidden_sizee=8` would otherwise become a new attribute the model never reads)."""
     config_dict = json.loads(hub_config_path(name).read_text())
     config_class = _CONFIG_CLASSES[config_dict.get("model_type", "llada")]
+    if overrides:
+        _check_override_keys(name, config_class.from_dict(dict(config_dict)), config_dict, overrides)
     aliases = config_class.attribute_map
     for key in overrides:  # an override wins over the file's value under either name
         for alias, standard in aliases.items():
@@ -51,3 +54,19 @@ def load_hub_config(name: str, **overrides) -> LLaDAConfig | LLaDA2MoeConfig:
                 config_dict.pop(standard, None)
     config_dict.update(overrides)
     return config_class.from_dict(config_dict)
+
+
+def _check_override_keys(name: str, config, config_dict: dict, overrides: dict) -> None:
+    """Overrides must be keys the config (its class, standard or official alias names) or the file knows."""
+    known = set(config.to_dict()) | set(type(config).attribute_map) | set(config_dict)
+    known |= {key for key in vars(type(config)).get("__annotations__", {})}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, sorted(known), n=3, cutoff=0.6)
+            hints.append(f"{key!r}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+        raise ValueError(
+            f"load_hub_config({name!r}): unknown config key {', '.join(hints)}. Accepted keys: the fields of "
+            f"{type(config).__name__} ({', '.join(sorted(k for k in known if not k.startswith('_')))})."
+        )

@@ -43,14 +43,44 @@ _PAIRS_PER_CHUNK = 256  # pairs whose rows are planned and packed together by ba
 # Validation helpers
 
 
-def _as_ids(ids: IdsLike, name: str) -> torch.LongTensor:
-    """A 1-D int64 CPU tensor from a list / 1-D tensor / (1, n) tensor."""
-    tensor = torch.as_tensor(ids, dtype=torch.long) if not isinstance(ids, torch.Tensor) else ids.detach().long()
+def _as_ids(ids: IdsLike, name: str, vocab_size: int | None = None) -> torch.LongTensor:
+    """A 1-D int64 CPU tensor from a list / 1-D tensor / (1, n) tensor of integer ids in [0, vocab_size).
+
+    Floats are refused, not truncated (as `generate()` refuses them): 5.7 is not a token id.
+    """
+    if isinstance(ids, torch.Tensor):
+        tensor = ids.detach()
+    else:
+        try:
+            tensor = torch.as_tensor(ids)
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise TypeError(f"{name} must be a 1-D sequence of integer token ids: {error}") from None
+    if tensor.numel() and (tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool):
+        raise TypeError(f"{name} must hold integer token ids, got dtype {tensor.dtype}.")
+    tensor = tensor.long()
     if tensor.dim() == 2 and tensor.shape[0] == 1:
         tensor = tensor[0]
     if tensor.dim() != 1:
         raise ValueError(f"{name} must be a 1-D sequence of token ids, got shape {tuple(tensor.shape)}.")
+    if vocab_size is not None and tensor.numel() and (tensor.min() < 0 or tensor.max() >= vocab_size):
+        bad = tensor[(tensor < 0) | (tensor >= vocab_size)][0].item()
+        raise ValueError(f"{name} must hold ids in the vocabulary [0, {vocab_size}), got {bad}.")
     return tensor.cpu()
+
+
+def _vocab_size(model) -> int | None:
+    return getattr(getattr(model, "config", None), "vocab_size", None)
+
+
+def _as_pair(pair, index: int, vocab_size: int | None) -> tuple[torch.LongTensor, torch.LongTensor]:
+    """`pairs[index]` as (prompt, answer) id tensors; anything but a 2-item (prompt_ids, answer_ids) is refused."""
+    if isinstance(pair, (str, bytes, torch.Tensor)) or not isinstance(pair, Sequence) or len(pair) != 2:
+        what = f"{len(pair)} items" if isinstance(pair, Sequence) else type(pair).__name__
+        raise ValueError(f"pairs[{index}] must be a (prompt_ids, answer_ids) pair, got {what}.")
+    return (
+        _as_ids(pair[0], f"prompt_ids (pair {index})", vocab_size),
+        _as_ids(pair[1], f"answer_ids (pair {index})", vocab_size),
+    )
 
 
 def _check_pair(prompt: torch.Tensor, answer: torch.Tensor, mask_id: int, index: int | None = None) -> None:
@@ -64,18 +94,24 @@ def _check_pair(prompt: torch.Tensor, answer: torch.Tensor, mask_id: int, index:
             )
 
 
+def _check_positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer (>= 1), got {value!r}.")
+
+
 def _check_settings(mc_num: int, batch_size: int, cfg_scale: float, method: str) -> None:
-    if method not in METHODS:
+    if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"Unknown method {method!r}; valid: {METHODS}.")
-    if cfg_scale < 0:
-        raise ValueError(f"cfg_scale must be >= 0, got {cfg_scale}.")
+    # nan would slip through `< 0` and fail deep in CFG; inf turns every value into nan
+    if isinstance(cfg_scale, bool) or not isinstance(cfg_scale, (int, float)):
+        raise TypeError(f"cfg_scale must be a finite number >= 0 (0 = no guidance), got {type(cfg_scale).__name__}.")
+    if not math.isfinite(cfg_scale) or cfg_scale < 0:
+        raise ValueError(f"cfg_scale must be a finite number >= 0 (0 = no guidance), got {cfg_scale!r}.")
     if method == "exact":
         return
-    if not isinstance(mc_num, int) or mc_num < 1:
-        raise ValueError(f"mc_num must be a positive integer, got {mc_num!r}.")
+    _check_positive_int("mc_num", mc_num)
     if method == "mc":
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        _check_positive_int("batch_size", batch_size)
         if mc_num % batch_size:
             raise ValueError(
                 f"mc_num ({mc_num}) must be divisible by batch_size ({batch_size}): the official estimator would "
@@ -194,7 +230,8 @@ def log_likelihood(
             model, [(prompt_ids, answer_ids)], mc_num=mc_num, batch_size=batch_size, cfg_scale=cfg_scale,
             mask_token_id=mask_token_id, method=method, seed=seed,
         )[0]  # fmt: skip
-    prompt, answer = _as_ids(prompt_ids, "prompt_ids"), _as_ids(answer_ids, "answer_ids")
+    vocab_size = _vocab_size(model)
+    prompt, answer = _as_ids(prompt_ids, "prompt_ids", vocab_size), _as_ids(answer_ids, "answer_ids", vocab_size)
     mask_id = resolve_mask_token_id(model, mask_token_id)
     _check_settings(mc_num, batch_size, cfg_scale, method)
     _check_pair(prompt, answer, mask_id)
@@ -250,13 +287,26 @@ def _make_plan(prompt, answer, method, mc_num, batch_size, seed, max_exact_len, 
     return _Plan(prompt, answer, counts, masks, probs, 0)
 
 
+_FAMILY_MODEL_TYPES = ("llada", "llada2_moe")  # LLaDA-8B, LLaDA-MoE (also "llada"), LLaDA2.0
+
+
+def _body_and_head(model):
+    """(body, head) of a LLaDA-family LM, whose logits are `head(body(...).last_hidden_state)` in every family (also
+    under a peft wrapper or as exported remote code); (None, None) for any other model."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    model_type = getattr(getattr(inner, "config", None), "model_type", None)
+    body, head = getattr(inner, "model", None), getattr(inner, "lm_head", None)
+    if model_type in _FAMILY_MODEL_TYPES and isinstance(body, torch.nn.Module) and isinstance(head, torch.nn.Module):
+        return body, head
+    return None, None
+
+
 def _masked_logits(model, x, attention_mask, rows, cols) -> torch.Tensor:
     """Logits at (rows, cols) only: the LM head runs on the selected hidden states when the model exposes them."""
-    from .modeling import LLaDAModelLM
-
-    if isinstance(model, LLaDAModelLM):
-        hidden = model.model(input_ids=x, attention_mask=attention_mask).last_hidden_state
-        return model.lm_head(hidden[rows, cols])
+    body, head = _body_and_head(model)
+    if body is not None:
+        hidden = body(input_ids=x, attention_mask=attention_mask).last_hidden_state
+        return head(hidden[rows, cols])
     return model(x, attention_mask=attention_mask).logits[rows, cols]
 
 
@@ -337,20 +387,24 @@ def batch_log_likelihood(
 
     mask_id = resolve_mask_token_id(model, mask_token_id)
     _check_settings(mc_num, batch_size, cfg_scale, method)
-    if rows_per_forward < 1:
-        raise ValueError(f"rows_per_forward must be >= 1, got {rows_per_forward}.")
+    _check_positive_int("rows_per_forward", rows_per_forward)
+    if method == "exact":
+        _check_positive_int("max_exact_len", max_exact_len)
+    if isinstance(pairs, (str, bytes, torch.Tensor)) or not isinstance(pairs, Sequence):
+        raise TypeError(f"pairs must be a sequence of (prompt_ids, answer_ids) pairs, got {type(pairs).__name__}.")
+    vocab_size = _vocab_size(model)
     device = model_device(model)
     pad_id = _pad_id(model, mask_id)
     plans, row_losses = [], []
     # Pairs are taken in input order, _PAIRS_PER_CHUNK at a time: bounded memory, and the random draws stay in the
     # order of sequential calls.
     bar = progress_bar(len(pairs), "scoring", progress, unit="pair")
+    checked = [_as_pair(pair, index, vocab_size) for index, pair in enumerate(pairs)]  # all before any forward
+    for index, (prompt, answer) in enumerate(checked):
+        _check_pair(prompt, answer, mask_id, index)
     for chunk_start in range(0, len(pairs), _PAIRS_PER_CHUNK):
         chunk_plans = []
-        for index in range(chunk_start, min(chunk_start + _PAIRS_PER_CHUNK, len(pairs))):
-            prompt_ids, answer_ids = pairs[index]
-            prompt, answer = _as_ids(prompt_ids, "prompt_ids"), _as_ids(answer_ids, "answer_ids")
-            _check_pair(prompt, answer, mask_id, index)
+        for prompt, answer in checked[chunk_start : chunk_start + _PAIRS_PER_CHUNK]:
             chunk_plans.append(
                 _make_plan(prompt, answer, method, mc_num, batch_size, seed, max_exact_len, device, generator)
             )

@@ -9,17 +9,41 @@ or EOS on `tokenizer(text)`: the chat template writes BOS.
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+# Roles the template renders a header for. The official template writes whatever `role` says, so an empty or
+# misspelt role gives a headerless or unknown turn the model never saw in training; this one refuses it.
+CHAT_ROLES = ("system", "user", "assistant")
+
 # The official template, written from its specification: BOS before the first message only; each message is
 # header(role) + "\n\n" + content trimmed of surrounding whitespace + <|eot_id|>; the assistant header is always
-# appended, whatever add_generation_prompt says.
+# appended, whatever add_generation_prompt says. Only addition: a role outside CHAT_ROLES raises.
 LLADA_CHAT_TEMPLATE = (
     "{% for message in messages %}"
+    "{% if message['role'] is not string or message['role'] not in ['system', 'user', 'assistant'] %}"
+    "{{ raise_exception('chat message ' ~ loop.index0 ~ ': role must be one of system, user, assistant; got ' "
+    "~ (message['role'] | string | tojson)) }}"
+    "{% endif %}"
     "{% if loop.first %}{{ bos_token }}{% endif %}"
     "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' "
     "+ message['content'] | trim + '<|eot_id|>' }}"
     "{% endfor %}"
     "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
 )
+
+
+def check_chat_messages(messages, name: str = "messages") -> None:
+    """Refuse what the template would render wrongly: a non-list, a message without a string `role` from
+    `CHAT_ROLES` (an empty role renders a headerless turn) or without string `content`."""
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise ValueError(f"{name} must be a non-empty list of {{'role', 'content'}} messages.")
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise ValueError(f"{name}[{index}] must be a {{'role', 'content'}} dict, got {type(message).__name__}.")
+        role = message.get("role")
+        if role not in CHAT_ROLES:
+            raise ValueError(f"{name}[{index}]: role must be one of {', '.join(CHAT_ROLES)}; got {role!r}.")
+        if not isinstance(message.get("content"), str):
+            raise TypeError(f"{name}[{index}]: content must be a string, got {type(message.get('content')).__name__}.")
+
 
 # Official ids of the 8B tokenizer, for reference and for configs that use the real vocabulary.
 OFFICIAL_SPECIAL_TOKEN_IDS = {

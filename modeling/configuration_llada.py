@@ -28,6 +28,66 @@ _SUPPORTED_OLMO_SWITCHES = {
 }
 
 
+# Shape fields every family has, with their smallest valid value: a given value must be an int in range (a string
+# "4" from a hand-edited config.json would otherwise fail later as an unrelated `%` between int and str).
+_LLADA_INT_FIELDS = {
+    "vocab_size": 1,
+    "hidden_size": 1,
+    "intermediate_size": 1,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 1,
+    "num_key_value_heads": 1,
+    "max_position_embeddings": 1,
+    "embedding_size": 1,
+}
+# Keys a checkpoint's config.json must give (the class defaults are LLaDA-8B's: a missing `d_model` would build a
+# 4096-wide model and report a size mismatch for every tensor instead of naming the key).
+_LLADA_REQUIRED_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+
+
+def _key_names(name: str, aliases: dict[str, str]) -> str:
+    """`name`, with the official alias the config.json may use instead (`d_model` for `hidden_size`)."""
+    official = [alias for alias, standard in aliases.items() if standard == name]
+    return f"`{official[0]}` (`{name}`)" if official else f"`{name}`"
+
+
+def check_int_fields(config, fields: dict[str, int], aliases: dict[str, str]) -> None:
+    """Every integer field that is set is an int >= its minimum; the error names the key (and its official alias)."""
+    owner = type(config).__name__
+    for name, low in fields.items():
+        value = getattr(config, name, None)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(
+                f"{owner}: {_key_names(name, aliases)} must be an integer >= {low}, got {value!r} "
+                f"({type(value).__name__})."
+            )
+        if value < low:
+            raise ValueError(f"{owner}: {_key_names(name, aliases)} must be an integer >= {low}, got {value!r}.")
+
+
+def check_required_keys(cls, config_dict: dict, kwargs: dict, required: tuple[str, ...]) -> None:
+    """A dict that names its `architectures` is a checkpoint's config.json: it must give every shape key (a bare dict,
+    e.g. `from_dict({"hidden_size": 64})`, keeps the class defaults for what it leaves out)."""
+    if not config_dict.get("architectures"):
+        return
+    aliases = cls.attribute_map
+    given = set(config_dict) | set(kwargs)
+    missing = [
+        name
+        for name in required
+        if name not in given and not any(alias in given for alias, std in aliases.items() if std == name)
+    ]
+    if missing:
+        names = ", ".join(_key_names(name, aliases) for name in missing)
+        raise ValueError(
+            f"{cls.__name__}: the checkpoint config (architectures {config_dict['architectures']}) is missing "
+            f"{names}; a checkpoint's config.json must give every shape key ({', '.join(required)}): the class "
+            "defaults would not match its weights."
+        )
+
+
 class LLaDAConfig(PreTrainedConfig):
     r"""Configuration of a LLaDA masked-diffusion transformer (defaults: LLaDA-8B).
 
@@ -93,6 +153,11 @@ class LLaDAConfig(PreTrainedConfig):
     use_cache: bool = False
 
     def __post_init__(self, **kwargs):
+        # Official keys first (`n_heads=4` arrives in kwargs): the defaults derived below must see their values.
+        for alias, standard in self.attribute_map.items():
+            if alias in kwargs:
+                setattr(self, standard, kwargs.pop(alias))
+        check_int_fields(self, _LLADA_INT_FIELDS, self.attribute_map)
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         if self.embedding_size is None:
@@ -115,6 +180,7 @@ class LLaDAConfig(PreTrainedConfig):
                     not architectures and any(key in config_dict for key in member_keys)
                 ):
                     return member_class.from_dict(config_dict, **kwargs)
+        check_required_keys(cls, config_dict, kwargs, _LLADA_REQUIRED_KEYS)
         return super().from_dict(config_dict, **kwargs)
 
     def validate_architecture(self):

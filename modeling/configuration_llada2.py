@@ -7,6 +7,30 @@ this class accepts is one the model computes as the official code does.
 
 from transformers.configuration_utils import PreTrainedConfig
 
+from .configuration_llada import check_int_fields, check_required_keys
+
+_INT_FIELDS = {
+    "vocab_size": 1,
+    "hidden_size": 1,
+    "intermediate_size": 1,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 1,
+    "num_key_value_heads": 1,
+    "head_dim": 1,
+    "max_position_embeddings": 1,
+    "num_experts": 1,
+    "num_experts_per_tok": 1,
+    "num_shared_experts": 0,
+    "moe_intermediate_size": 1,
+    "n_group": 1,
+    "topk_group": 1,
+    "first_k_dense_replace": 0,
+    "rotary_dim": 1,
+}
+# Shape keys a checkpoint's config.json must give (see `check_required_keys`).
+_REQUIRED_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                  "num_experts", "moe_intermediate_size")  # fmt: skip
+
 # Official switches with the only values this implementation supports (missing keys take the class default).
 _SUPPORTED_SWITCHES = {
     "score_function": ("sigmoid",),
@@ -109,6 +133,7 @@ class LLaDA2MoeConfig(PreTrainedConfig):
             value = kwargs[key] if key in kwargs else getattr(self, key, allowed[0])
             if value not in allowed:
                 raise ValueError(f"LLaDA2MoeConfig: `{key}={value!r}` is not supported (supported: {allowed}).")
+        check_int_fields(self, _INT_FIELDS, self.attribute_map)
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         if self.head_dim is None:
@@ -124,6 +149,12 @@ class LLaDA2MoeConfig(PreTrainedConfig):
             self.num_shared_experts = 0
         super().__post_init__(**kwargs)
         self.validate_architecture()
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """Build the config; a checkpoint's dict (one naming its `architectures`) must give every shape key."""
+        check_required_keys(cls, config_dict, kwargs, _REQUIRED_KEYS)
+        return super().from_dict(config_dict, **kwargs)
 
     def validate_architecture(self):
         """Shape checks with errors that name the offending fields."""

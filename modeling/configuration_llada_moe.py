@@ -7,9 +7,26 @@ whose `from_dict` hands a config dict to this class when its `architectures` nam
 
 from transformers.configuration_utils import PreTrainedConfig
 
-from .configuration_llada import LLaDAConfig
+from .configuration_llada import LLaDAConfig, check_int_fields, check_required_keys
 
 # Official switches with the only values this implementation supports (missing keys take the class default).
+_INT_FIELDS = {
+    "vocab_size": 1,
+    "hidden_size": 1,
+    "dense_intermediate_size": 1,
+    "expert_intermediate_size": 1,
+    "shared_expert_intermediate_size": 1,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 1,
+    "num_key_value_heads": 1,
+    "max_position_embeddings": 1,
+    "num_experts": 1,
+    "num_experts_per_tok": 1,
+}
+# Shape keys a checkpoint's config.json must give (see `check_required_keys`).
+_REQUIRED_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_experts",
+                  "expert_intermediate_size")  # fmt: skip
+
 _SUPPORTED_SWITCHES = {
     "moe_router_score_function": ("softmax",),
     "clip_qkv": (None,),
@@ -98,12 +115,19 @@ class LLaDAMoEConfig(PreTrainedConfig):
             value = kwargs[key] if key in kwargs else getattr(self, key, allowed[0])
             if value not in allowed:
                 raise ValueError(f"LLaDAMoEConfig: `{key}={value!r}` is not supported (supported: {allowed}).")
+        check_int_fields(self, _INT_FIELDS, self.attribute_map)
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         if isinstance(self.moe_layer_freq, int):
             self.moe_layer_freq = [self.moe_layer_freq] * self.num_hidden_layers
         super().__post_init__(**kwargs)
         self.validate_architecture()
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """Build the config; a checkpoint's dict (one naming its `architectures`) must give every shape key."""
+        check_required_keys(cls, config_dict, kwargs, _REQUIRED_KEYS)
+        return super().from_dict(config_dict, **kwargs)
 
     def validate_architecture(self):
         """Shape checks with errors that name the offending fields."""

@@ -246,7 +246,31 @@ class LLaDADecoderLayer(GradientCheckpointingLayer):
         return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
 
 
-class LLaDAPreTrainedModel(PreTrainedModel):
+class MissingWeightsCheck:
+    """`from_pretrained` refuses a checkpoint that lacks a weight of the model (transformers would initialise it
+    randomly and only log a report). Tied weights and non-persistent buffers (rotary tables) are not missing."""
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path, *model_args, allow_missing_weights: bool = False, **kwargs
+    ):
+        """`allow_missing_weights=True` keeps transformers' behaviour (missing weights randomly initialised), e.g. to
+        train a part the checkpoint does not have; `output_loading_info=True` still returns the report."""
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(
+            pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+        )
+        missing = sorted(info["missing_keys"])
+        if missing and not allow_missing_weights:
+            shown = ", ".join(missing[:10]) + (f", ... ({len(missing)} in all)" if len(missing) > 10 else "")
+            raise ValueError(
+                f"The checkpoint {str(pretrained_model_name_or_path)!r} has no weights for {shown}: they would be "
+                "randomly initialised. Pass allow_missing_weights=True to from_pretrained to accept that."
+            )
+        return (model, info) if want_info else model
+
+
+class LLaDAPreTrainedModel(MissingWeightsCheck, PreTrainedModel):
     config: LLaDAConfig
     config_class = LLaDAConfig
     base_model_prefix = "model"
@@ -467,4 +491,11 @@ def masked_diffusion_loss(
     return (per_row / normalizer.to(per_row).clamp(min=1)).sum() / b
 
 
-__all__ = ["LLaDAModel", "LLaDAModelLM", "LLaDAPreTrainedModel", "OFFICIAL_KEY_MAPPING", "masked_diffusion_loss"]
+__all__ = [
+    "LLaDAModel",
+    "LLaDAModelLM",
+    "LLaDAPreTrainedModel",
+    "MissingWeightsCheck",
+    "OFFICIAL_KEY_MAPPING",
+    "masked_diffusion_loss",
+]

@@ -38,7 +38,7 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_llada2 import LLaDA2MoeConfig
 from .generation_llada2 import LLaDA2GenerationConfig, LLaDA2GenerationMixin
-from .modeling_llada import _host_checkable, masked_diffusion_loss
+from .modeling_llada import MissingWeightsCheck, _host_checkable, masked_diffusion_loss
 
 # Official key -> native key, one anchored rule per tensor kind (one capture group each, as the loader expects).
 LLADA2_OFFICIAL_KEY_MAPPING = {
@@ -384,7 +384,7 @@ class LLaDA2DecoderLayer(GradientCheckpointingLayer):
         return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
 
 
-class LLaDA2PreTrainedModel(PreTrainedModel):
+class LLaDA2PreTrainedModel(MissingWeightsCheck, PreTrainedModel):
     config: LLaDA2MoeConfig
     config_class = LLaDA2MoeConfig
     base_model_prefix = "model"

@@ -31,7 +31,7 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_llada_moe import LLaDAMoEConfig
 from .generation_llada import DiffusionGenerationMixin, LLaDAGenerationConfig
-from .modeling_llada import _host_checkable
+from .modeling_llada import MissingWeightsCheck, _host_checkable
 from .modeling_llada2 import (
     LLaDA2MLP,
     LLaDA2RMSNorm,
@@ -184,7 +184,7 @@ class LLaDAMoEDecoderLayer(GradientCheckpointingLayer):
         return hidden_states + mlp_output
 
 
-class LLaDAMoEPreTrainedModel(PreTrainedModel):
+class LLaDAMoEPreTrainedModel(MissingWeightsCheck, PreTrainedModel):
     config: LLaDAMoEConfig
     config_class = LLaDAMoEConfig
     base_model_prefix = "model"

@@ -331,3 +331,57 @@ def test_chat_cli(tokenizer, tmp_path, monkeypatch, capsys):
         == 0
     )
     assert capsys.readouterr().out.count("LLaDA:") == 2
+
+
+@pytest.fixture(scope="module")
+def half_step_demo(tmp_path_factory):
+    """The demo checkpoint with a generation_config.json of 8 steps for its 16-token canvas (2 tokens per step)."""
+    import json
+    import shutil
+
+    from llada_hf.demo import DEMO_DIR, load_demo_model
+
+    folder = tmp_path_factory.mktemp("demo_half_steps")
+    for path in DEMO_DIR.iterdir():
+        shutil.copy(path, folder)
+    config = json.loads((folder / "generation_config.json").read_text())
+    assert (config["steps"], config["max_new_tokens"], config["block_length"]) == (16, 16, 16)
+    config["steps"] = 8
+    (folder / "generation_config.json").write_text(json.dumps(config))
+    return load_demo_model(folder)
+
+
+def _expected_steps(saved_steps: int, saved_tokens: int, tokens: int, blocks: int) -> int:
+    """The checkpoint's tokens per step applied to `tokens`, per block rounded half up, 1..block size per block."""
+    per_block = tokens * saved_steps / saved_tokens / blocks
+    return blocks * min(max(int(per_block + 0.5), 1), tokens // blocks)
+
+
+@pytest.mark.parametrize(
+    "kwargs, tokens, blocks",
+    [({"max_new_tokens": 32}, 32, 2), ({"max_length": 4 + 32}, 32, 2), ({"max_new_tokens": 16}, 16, 1)],
+    ids=["32 tokens", "max_length", "saved canvas"],
+)
+def test_steps_scale_with_a_new_canvas(half_step_demo, kwargs, tokens, blocks):
+    """A call that sets the canvas but not `steps` keeps the checkpoint's tokens per step (counted as forwards)."""
+    model, tokenizer = half_step_demo
+    ids = torch.tensor([[tokenizer.bos_token_id, 5, 6, 7]])
+    out = model.generate(ids, return_dict_in_generate=True, **kwargs)
+    assert out.nfe == _expected_steps(8, 16, tokens, blocks)
+    explicit = model.generate(ids, return_dict_in_generate=True, steps=blocks, **kwargs)
+    assert explicit.nfe == blocks  # an explicit value is used as given
+
+
+@pytest.mark.parametrize("masks", [1, 3, 6])
+def test_infill_steps_scale_with_the_masks(half_step_demo, masks):
+    """`generate(ids_with_masks, infill=True)` on a saved model: the canvas is the masks, the steps follow the
+    checkpoint's tokens per step (the demo's own 16 steps used to be refused as `steps (16) > masks to fill`)."""
+    model, tokenizer = half_step_demo
+    mask_id = model.config.mask_token_id
+    ids = torch.tensor([[tokenizer.bos_token_id, *range(5, 17)]])
+    ids[0, 2 : 2 + 2 * masks : 2] = mask_id
+    assert int((ids == mask_id).sum()) == masks
+    out = model.generate(ids, infill=True, return_dict_in_generate=True)
+    assert out.nfe == _expected_steps(8, 16, masks, 1)
+    assert not (out.sequences == mask_id).any()
+    assert torch.equal(out.sequences[ids != mask_id], ids[ids != mask_id])

@@ -49,6 +49,279 @@ def folder_state(path: Path) -> dict[str, float]:
 # =====================================================================================================================
 
 
+FIXTURES = REPO / "tests" / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def tiny_lm():
+    """The `llada_hf/tiny` model (vocab 1024, mask 1000), random weights, eval mode."""
+    import torch
+
+    import llada_hf
+    from llada_hf.hub import load_hub_config
+
+    torch.manual_seed(0)
+    return llada_hf.LLaDAModelLM(load_hub_config("llada_hf/tiny")).eval()
+
+
+def _ll(**kwargs):
+    """`log_likelihood` on the tiny model with valid defaults, `kwargs` replacing them."""
+
+    def call(model):
+        from llada_hf.likelihood import log_likelihood
+
+        args = {"prompt_ids": [1, 2, 3], "answer_ids": [5, 6], "mc_num": 4, "batch_size": 4, **kwargs}
+        return log_likelihood(model, **args)
+
+    return call
+
+
+def _bll(pairs=(([1, 2, 3], [5, 6]),), **kwargs):
+    """`batch_log_likelihood` on the tiny model; `pairs` is passed as given (a tuple becomes a list)."""
+
+    def call(model):
+        import torch
+
+        from llada_hf.likelihood import batch_log_likelihood
+
+        given = torch.tensor([[1, 2], [5, 6]]) if pairs == "tensor" else list(pairs)
+        return batch_log_likelihood(model, given, **{"mc_num": 4, "batch_size": 4, **kwargs})
+
+    return call
+
+
+def _float_tensor_prompt(model):
+    import torch
+
+    from llada_hf.likelihood import log_likelihood
+
+    return log_likelihood(model, torch.tensor([1.0, 2.0]), [5], mc_num=4, batch_size=4)
+
+
+# case -> (call on the tiny model, error type, words its message must contain)
+LIKELIHOOD_CASES = {
+    "answer id >= vocab": (_ll(answer_ids=[5000]), ValueError, ("answer_ids", "[0, 1024)", "5000")),
+    "prompt id < 0": (_ll(prompt_ids=[-1, 2]), ValueError, ("prompt_ids", "[0, 1024)")),
+    "float answer ids": (_ll(answer_ids=[5.7]), TypeError, ("answer_ids", "integer")),
+    "float tensor prompt": (_float_tensor_prompt, TypeError, ("prompt_ids", "integer")),
+    "cfg_scale nan": (_ll(cfg_scale=float("nan")), ValueError, ("cfg_scale", "finite", ">= 0")),
+    "cfg_scale inf": (_ll(cfg_scale=float("inf")), ValueError, ("cfg_scale", "finite", ">= 0")),
+    "cfg_scale negative": (_ll(cfg_scale=-1.0), ValueError, ("cfg_scale", ">= 0")),
+    "cfg_scale string": (_ll(cfg_scale="1"), TypeError, ("cfg_scale", "number")),
+    "mc_num 0": (_ll(mc_num=0), ValueError, ("mc_num", "positive integer")),
+    "mc_num float": (_ll(mc_num=4.0), ValueError, ("mc_num", "positive integer")),
+    "batch_size -1": (_ll(batch_size=-1), ValueError, ("batch_size", "positive integer")),
+    "stratified mc_num 0": (_ll(mc_num=0, method="stratified"), ValueError, ("mc_num", "positive integer")),
+    "unknown method": (_ll(method="exactly"), ValueError, ("method", "stratified", "exact")),
+    "pair of 3": (_bll(pairs=(([1, 2], [5], [6]),)), ValueError, ("pairs[0]", "(prompt_ids, answer_ids)", "3 items")),
+    "pair not a pair": (_bll(pairs=(5,)), ValueError, ("pairs[0]", "(prompt_ids, answer_ids)")),
+    "pairs a tensor": (_bll(pairs="tensor"), TypeError, ("pairs", "(prompt_ids, answer_ids)")),
+    "pair 1 id >= vocab": (_bll(pairs=(([1], [5]), ([1], [1024]))), ValueError, ("answer_ids (pair 1)", "[0, 1024)")),
+    "rows_per_forward 0": (_bll(rows_per_forward=0), ValueError, ("rows_per_forward", "positive integer")),
+    "max_exact_len 0": (_bll(method="exact", max_exact_len=0), ValueError, ("max_exact_len", "positive integer")),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LIKELIHOOD_CASES))
+def test_likelihood_arguments_are_checked(tiny_lm, case):
+    call, error, words = LIKELIHOOD_CASES[case]
+    with pytest.raises(error) as caught:
+        call(tiny_lm)
+    for word in words:
+        assert word in str(caught.value), (word, str(caught.value))
+
+
+def test_likelihood_checks_every_pair_before_any_forward(tiny_lm):
+    """A bad pair far down the list fails before the first forward (no work is wasted on the good ones)."""
+    calls = []
+    handle = tiny_lm.register_forward_pre_hook(lambda module, args: calls.append(1))
+    try:
+        with pytest.raises(ValueError, match="pair 300"):
+            _bll(pairs=[([1], [5])] * 300 + [([1], [2000])])(tiny_lm)
+    finally:
+        handle.remove()
+    assert not calls
+
+
+def _edited_config(fixture: str, edit) -> dict:
+    import json
+
+    config = json.loads((FIXTURES / fixture / "config.json").read_text())
+    edit(config)
+    return config
+
+
+def _drop(*keys):
+    return lambda config: [config.pop(key) for key in keys]
+
+
+def _set(**values):
+    return lambda config: config.update(values)
+
+
+# case -> (fixture whose config.json is edited, edit, error type, words the message must contain)
+CONFIG_CASES = {
+    "official without d_model": ("golden_tiny", _drop("d_model"), ValueError, ("d_model", "missing")),
+    "official without vocab_size": ("golden_tiny", _drop("vocab_size"), ValueError, ("vocab_size", "missing")),
+    "official without n_layers": ("golden_tiny", _drop("n_layers"), ValueError, ("n_layers", "missing")),
+    "official n_heads string": ("golden_tiny", _set(n_heads="4"), TypeError, ("n_heads", "integer", "'4'")),
+    "official d_model float": ("golden_tiny", _set(d_model=64.0), TypeError, ("d_model", "integer")),
+    "official n_layers 0": ("golden_tiny", _set(n_layers=0), ValueError, ("n_layers", ">= 1")),
+    "llada2 without hidden_size": ("llada2_tiny", _drop("hidden_size"), ValueError, ("hidden_size", "missing")),
+    "llada2 num_experts string": ("llada2_tiny", _set(num_experts="8"), TypeError, ("num_experts", "integer")),
+    "llada-moe without num_experts": ("lladamoe_tiny", _drop("num_experts"), ValueError, ("num_experts", "missing")),
+    "llada-moe hidden_size string": ("lladamoe_tiny", _set(hidden_size="64"), TypeError, ("hidden_size", "integer")),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONFIG_CASES))
+def test_config_json_keys_are_checked(tmp_path, case):
+    """A checkpoint config.json with a missing or mistyped shape key is refused naming the key (through the Auto
+    classes, as a user loads it), not reported as a size mismatch of every tensor or an operator error."""
+    import json
+
+    from transformers import AutoModel
+
+    fixture, edit, error, words = CONFIG_CASES[case]
+    (tmp_path / "config.json").write_text(json.dumps(_edited_config(fixture, edit)))
+    with pytest.raises(error) as caught:
+        AutoModel.from_pretrained(tmp_path)
+    for word in words:
+        assert word in str(caught.value), (word, str(caught.value))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "words"),
+    [({"hidden_sizee": 8}, ("hidden_sizee", "hidden_size")), ({"n_head": 2}, ("n_head", "n_heads"))],
+    ids=["hidden_sizee", "n_head"],
+)
+def test_hub_config_override_keys_are_checked(overrides, words):
+    from llada_hf.hub import load_hub_config
+
+    with pytest.raises(ValueError) as caught:
+        load_hub_config("llada_hf/tiny", **overrides)
+    for word in words:
+        assert word in str(caught.value), (word, str(caught.value))
+
+
+def _processor(kind: str):
+    import torch
+    from transformers import LogitsProcessor
+
+    class DropsAColumn(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            return scores[:, :-1]
+
+    class AllNaN(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            return torch.full_like(scores, float("nan"))
+
+    class Transposed(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            return scores.t()
+
+    return {"short": DropsAColumn, "nan": AllNaN, "transposed": Transposed}[kind]()
+
+
+def _generate_kwargs(kind: str) -> dict:
+    import torch
+
+    if kind.startswith("mask"):
+        return {"attention_mask": torch.tensor([[1, 2, 1]] if kind == "mask int" else [[1.0, 2.0, 1.0]])}
+    return {"logits_processor": [_processor(kind)]}
+
+
+# case -> (what `_generate_kwargs` builds, error type, words the message must contain)
+GENERATE_CASES = {
+    "processor drops a column": ("short", ValueError, ("logits_processor", "DropsAColumn", "shape")),
+    "processor transposes": ("transposed", ValueError, ("logits_processor", "Transposed", "shape")),
+    "processor returns NaN": ("nan", ValueError, ("logits_processor", "AllNaN", "NaN")),
+    "int attention_mask 2": ("mask int", ValueError, ("attention_mask", "0/1", "got 2")),
+    "float attention_mask 2.0": ("mask float", ValueError, ("attention_mask", "0/1", "got 2.0")),
+}
+
+
+@pytest.mark.parametrize("case", sorted(GENERATE_CASES))
+def test_generate_inputs_and_processors_are_checked(golden_model, case):
+    import torch
+
+    kind, error, words = GENERATE_CASES[case]
+    with pytest.raises(error) as caught:
+        golden_model.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=4, steps=4, **_generate_kwargs(kind))
+    for word in words:
+        assert word in str(caught.value), (word, str(caught.value))
+
+
+@pytest.mark.parametrize("content", ["truncated", "not json", "binary"])
+def test_unreadable_generation_config_is_an_error(tmp_path, content):
+    """A generation_config.json that cannot be read names the file (it was ignored: default sampler settings)."""
+    import shutil
+
+    from transformers import AutoModel
+
+    for path in (FIXTURES / "golden_tiny").iterdir():
+        shutil.copy(path, tmp_path)
+    text = {"truncated": '{"steps": 8, "block_', "not json": "steps = 8", "binary": None}[content]
+    target = tmp_path / "generation_config.json"
+    target.write_text(text) if text is not None else target.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ValueError, match="generation_config.json"):
+        AutoModel.from_pretrained(tmp_path)
+
+
+def test_explicit_steps_on_infill_are_still_checked():
+    """Only steps the user did not pass are scaled to the canvas: an explicit invalid value is an error."""
+    import torch
+
+    from llada_hf.demo import load_demo_model
+
+    model, tokenizer = load_demo_model()
+    ids = torch.tensor([[tokenizer.bos_token_id, 5, 6, model.config.mask_token_id, 7]])
+    with pytest.raises(ValueError, match=r"steps \(4\) > masks to fill \(1\)"):
+        model.generate(ids, infill=True, steps=4)
+
+
+@pytest.mark.parametrize("removed", ["model.layers.0.self_attn.q_proj.weight", "model.norm.weight", "lm_head.weight"])
+def test_checkpoint_missing_a_weight_is_an_error(tmp_path, removed):
+    """A checkpoint without one of the model's tensors is refused naming it (it was randomly initialised with only a
+    logged report); `allow_missing_weights=True` opts out."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModel
+
+    shutil.copy(FIXTURES / "golden_tiny" / "config.json", tmp_path)
+    tensors = load_file(FIXTURES / "golden_tiny" / "model.safetensors")
+    official = {  # native name -> the official name stored in the fixture
+        "model.layers.0.self_attn.q_proj.weight": "model.transformer.blocks.0.q_proj.weight",
+        "model.norm.weight": "model.transformer.ln_f.weight",
+        "lm_head.weight": "model.transformer.ff_out.weight",
+    }
+    del tensors[official[removed]]
+    save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError) as caught:
+        AutoModel.from_pretrained(tmp_path)
+    assert removed in str(caught.value) and "allow_missing_weights" in str(caught.value)
+    model, info = AutoModel.from_pretrained(tmp_path, allow_missing_weights=True, output_loading_info=True)
+    assert set(info["missing_keys"]) == {removed}
+
+
+@pytest.mark.parametrize("role", ["", None, "usr", 5])
+def test_chat_roles_are_checked(role):
+    """An empty or unknown role rendered a headerless (or unknown) turn; both the template and the helper refuse it
+    naming the accepted roles."""
+    from jinja2.exceptions import TemplateError
+
+    from llada_hf.tokenizer import CHAT_ROLES, build_tiny_tokenizer, check_chat_messages
+
+    messages = [{"role": "user", "content": "hi"}, {"role": role, "content": "hello"}]
+    with pytest.raises(TemplateError) as caught:
+        build_tiny_tokenizer().apply_chat_template(messages, tokenize=False)
+    assert "role" in str(caught.value) and all(name in str(caught.value) for name in CHAT_ROLES)
+    with pytest.raises(ValueError) as caught:
+        check_chat_messages(messages)
+    assert "messages[1]" in str(caught.value) and all(name in str(caught.value) for name in CHAT_ROLES)
+
+
 # =====================================================================================================================
 # Data rows and training (llada_hf.training): row validation, `llada-hf train` flags.
 # =====================================================================================================================

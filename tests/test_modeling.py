@@ -297,3 +297,18 @@ def test_tiny_tokenizer_chat_template_matches_spec(tmp_path):
     assert reloaded.mask_token_id == 1000 and reloaded.eos_token_id == reloaded.pad_token_id == 1001
     for token, token_id in {"<|start_header_id|>": 1003, "<|end_header_id|>": 1004, "<|eot_id|>": 1005}.items():
         assert reloaded.convert_tokens_to_ids(token) == token_id
+
+
+def test_official_keys_reach_the_derived_defaults(golden_dir):
+    """An official config.json without `n_kv_heads` gets num_key_value_heads = its own `n_heads` (the aliases are
+    applied before the defaults derived from them); a bare dict without `architectures` keeps the class defaults for
+    what it leaves out, while a checkpoint's dict must give every shape key."""
+    official = json.loads((golden_dir / "config.json").read_text())
+    official.pop("n_kv_heads")
+    config = llada_hf.LLaDAConfig.from_dict(official)
+    assert config.num_key_value_heads == config.num_attention_heads == official["n_heads"]
+    partial = llada_hf.LLaDAConfig.from_dict({"d_model": 64, "n_heads": 4, "vocab_size": 1024, "mask_token_id": 1000,
+                                     "pad_token_id": 1001, "eos_token_id": 1001})  # fmt: skip
+    assert partial.num_hidden_layers == llada_hf.LLaDAConfig().num_hidden_layers
+    with pytest.raises(ValueError, match="n_layers"):
+        llada_hf.LLaDAConfig.from_dict({key: value for key, value in official.items() if key != "n_layers"})
