@@ -11,11 +11,13 @@ right after loading, before any work. Every failure is one line on stderr: exit 
 """
 
 import argparse
+import contextlib
 import math
 import os
 import re
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -342,20 +344,34 @@ def check_eval_args(rest: list[str]) -> None:
         raise UsageError(f"--model_args pretrained={path}: no such folder")
 
 
+@contextlib.contextmanager
+def _one_line_usage_errors() -> Iterator[None]:
+    """`train` and `eval` parse their own flags (`HfArgumentParser`, lm-eval's parser): their argparse usage errors
+    are one line too, while they run under `llada-hf`."""
+    original = argparse.ArgumentParser.error
+    argparse.ArgumentParser.error = Parser.error
+    try:
+        yield
+    finally:
+        argparse.ArgumentParser.error = original
+
+
 def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
     check_eval_args(rest)
     from .lm_eval_backend import main as lm_eval_main
 
     if args.quantize:  # the backend's `quantize=` model argument (HFLM takes no quantisation config from the CLI)
         rest = _with_model_arg(rest, "quantize", args.quantize)
-    lm_eval_main(rest)
+    with _one_line_usage_errors():
+        lm_eval_main(rest)
     return 0
 
 
 def cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
     from .training import train_main
 
-    return train_main(rest)
+    with _one_line_usage_errors():
+        return train_main(rest)
 
 
 def build_parser() -> argparse.ArgumentParser:
