@@ -22,13 +22,15 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedConfig
 
+from .generation.generation_llada import CONFIDENCE_RULES
+from .loading import ATTN_IMPLEMENTATIONS
+
 Device = int | str
 DEFAULT_MODEL = "GSAI-ML/LLaDA-8B-Instruct"  # what `llada-hf memory` estimates without a MODEL
 
 # Bytes per element of the (batch, seq, vocab) logits that generate() keeps alive at its peak, beyond the logits
 # themselves, by confidence rule (see `sampler_bytes_per_logit`).
 _FLOAT64_SAMPLING_COPIES = 5  # logits64, uniform, exp(logits64), -log(uniform) and its power: live at once
-REMASKING_RULES = ("low_confidence", "random", "margin", "entropy")  # generate()'s confidence rules
 
 
 def meta_model(config: PreTrainedConfig, dtype: torch.dtype = torch.bfloat16) -> torch.nn.Module:
@@ -252,9 +254,6 @@ def estimate_memory(
     )
 
 
-ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flex_attention", "flash_attention_2")
-
-
 def check_memory_arguments(
     dtype: torch.dtype = torch.bfloat16,
     batch_size: int = 1,
@@ -272,8 +271,8 @@ def check_memory_arguments(
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     for device, size in (max_memory or {}).items():
         parse_memory_size(size, f"max_memory[{device!r}]")
-    if remasking not in REMASKING_RULES:
-        raise ValueError(f"remasking must be one of {list(REMASKING_RULES)}, got {remasking!r}")
+    if remasking not in CONFIDENCE_RULES:
+        raise ValueError(f"remasking must be one of {sorted(CONFIDENCE_RULES)}, got {remasking!r}")
     if attn_implementation not in ATTN_IMPLEMENTATIONS:
         choices = list(ATTN_IMPLEMENTATIONS)
         raise ValueError(f"attn_implementation must be one of {choices}, got {attn_implementation!r}")
@@ -348,7 +347,7 @@ def add_memory_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--do-sample", action="store_true", help="sampling (float64 Gumbel noise) instead of greedy")
     parser.add_argument("--cfg", action="store_true", help="classifier-free guidance (cfg_scale > 0)")
     parser.add_argument(
-        "--attn-implementation", default="sdpa", choices=["sdpa", "eager", "flex_attention", "flash_attention_2"],
+        "--attn-implementation", default="sdpa", choices=ATTN_IMPLEMENTATIONS,
         help="eager materialises the (batch, heads, seq, seq) scores",
     )  # fmt: skip
 

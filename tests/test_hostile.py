@@ -121,7 +121,7 @@ CLI_FLAG_CASES = [
 
 
 def _case_id(value) -> str | None:
-    return " ".join(value) if isinstance(value, list) and value[0] in ("chat", "demo", "memory", "eval") else None
+    return "_".join(value) if isinstance(value, list) and value[0] in ("chat", "demo", "memory", "eval") else None
 
 
 @pytest.mark.parametrize(("argv", "code", "names"), CLI_FLAG_CASES, ids=_case_id)
