@@ -22,6 +22,9 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedConfig
 
+from .generation.generation_llada import CONFIDENCE_RULES
+from .loading import ATTN_IMPLEMENTATIONS
+
 Device = int | str
 DEFAULT_MODEL = "GSAI-ML/LLaDA-8B-Instruct"  # what `llada-hf memory` estimates without a MODEL
 
@@ -162,6 +165,7 @@ def estimate_memory(
     from accelerate.utils import compute_module_sizes
 
     seq_len = 1024 if seq_len is None else seq_len
+    check_memory_arguments(dtype, batch_size, seq_len, max_memory, remasking, attn_implementation)
     itemsize = torch.empty((), dtype=dtype).element_size()
     model = meta_model(config, dtype)
     named = dict(model.named_parameters())
@@ -250,6 +254,44 @@ def estimate_memory(
     )
 
 
+def check_memory_arguments(
+    dtype: torch.dtype = torch.bfloat16,
+    batch_size: int = 1,
+    seq_len: int = 1024,
+    max_memory: dict[Device, int | str] | None = None,
+    remasking: str = "low_confidence",
+    attn_implementation: str = "sdpa",
+) -> None:
+    """`ValueError` / `TypeError` naming the argument: sizes are positive integers (a negative batch would print
+    negative megabytes), `max_memory` sizes parse as accelerate reads them ("22GiB", "500MB", bytes)."""
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype must be a torch.dtype (e.g. torch.bfloat16), got {dtype!r}")
+    for name, value in (("batch_size", batch_size), ("seq_len", seq_len)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    for device, size in (max_memory or {}).items():
+        parse_memory_size(size, f"max_memory[{device!r}]")
+    if remasking not in CONFIDENCE_RULES:
+        raise ValueError(f"remasking must be one of {sorted(CONFIDENCE_RULES)}, got {remasking!r}")
+    if attn_implementation not in ATTN_IMPLEMENTATIONS:
+        choices = list(ATTN_IMPLEMENTATIONS)
+        raise ValueError(f"attn_implementation must be one of {choices}, got {attn_implementation!r}")
+
+
+def parse_memory_size(size: int | str, name: str = "max_memory") -> int:
+    """Bytes of a size as accelerate reads `max_memory` ("22GiB", "500MB", an int of bytes); `ValueError` naming
+    `name` when it is not one, or not positive."""
+    from accelerate.utils import convert_file_size_to_int
+
+    try:
+        value = convert_file_size_to_int(size) if not isinstance(size, bool) else -1
+    except (ValueError, TypeError, AttributeError):
+        value = -1
+    if not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive size such as 22GiB, 500MB or a number of bytes, got {size!r}")
+    return value
+
+
 def plan_device_map(
     config: PreTrainedConfig,
     device_map: str = "auto",
@@ -283,23 +325,44 @@ def add_memory_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--config", help=argparse.SUPPRESS)  # the old spelling of MODEL
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"], help="weight dtype")
-    parser.add_argument("--batch-size", type=int, default=1, help="rows per generate() call")
-    parser.add_argument("--max-new-tokens", type=int, default=1024, help="answer length (canvas)")
-    parser.add_argument("--prompt-length", type=int, default=0, help="prompt tokens (each step runs prompt + canvas)")
-    parser.add_argument("--seq-len", type=int, default=None, help="prompt + canvas, instead of the two flags above")
+    from .cli import nonneg_int, positive_int
+
+    parser.add_argument("--batch-size", type=positive_int, default=1, help="rows per generate() call")
+    parser.add_argument("--max-new-tokens", type=nonneg_int, default=1024, help="answer length (canvas)")
+    parser.add_argument(
+        "--prompt-length", type=nonneg_int, default=0, help="prompt tokens (each step runs prompt + canvas)"
+    )
+    parser.add_argument(
+        "--seq-len", type=positive_int, default=None, help="prompt + canvas, instead of the two flags above"
+    )
     parser.add_argument(
         "--device-map",
         default=None,
         choices=["auto", "balanced", "balanced_low_0", "sequential"],
         help="plan a placement as from_pretrained would (default: everything on one GPU)",
     )
-    parser.add_argument("--max-memory", nargs="*", default=[], help="DEVICE=SIZE pairs, e.g. 0=22GiB cpu=48GiB")
+    parser.add_argument(
+        "--max-memory", nargs="*", default=[], type=max_memory_pair, help="DEVICE=SIZE pairs, e.g. 0=22GiB cpu=48GiB"
+    )
     parser.add_argument("--do-sample", action="store_true", help="sampling (float64 Gumbel noise) instead of greedy")
     parser.add_argument("--cfg", action="store_true", help="classifier-free guidance (cfg_scale > 0)")
     parser.add_argument(
-        "--attn-implementation", default="sdpa", choices=["sdpa", "eager", "flex_attention", "flash_attention_2"],
+        "--attn-implementation", default="sdpa", choices=ATTN_IMPLEMENTATIONS,
         help="eager materialises the (batch, heads, seq, seq) scores",
     )  # fmt: skip
+
+
+def max_memory_pair(text: str) -> tuple[Device, str]:
+    """A `--max-memory` pair DEVICE=SIZE (0=22GiB, cpu=48GiB, disk=1TB), checked when parsed."""
+    device, sep, size = text.partition("=")
+    if not sep or not (device.isdigit() or device in ("cpu", "disk", "mps")):
+        raise argparse.ArgumentTypeError(f"expected DEVICE=SIZE with DEVICE a GPU index, cpu or disk (got {text!r})")
+    try:
+        parse_memory_size(size, device)
+    except ValueError as error:
+        message = f"{text!r}: the size must be like 22GiB, 500MB or a number of bytes"
+        raise argparse.ArgumentTypeError(message) from error
+    return (int(device) if device.isdigit() else device), size
 
 
 def load_config(name_or_path: str) -> PreTrainedConfig:
@@ -325,12 +388,13 @@ def load_config(name_or_path: str) -> PreTrainedConfig:
 
 def memory_estimate(args: argparse.Namespace) -> MemoryEstimate:
     """The estimate for parsed `add_memory_args` flags."""
-    max_memory = {}
-    for pair in args.max_memory:
-        device, size = pair.split("=", 1)
-        max_memory[int(device) if device.isdigit() else device] = size
+    from .errors import UsageError
+
+    max_memory = dict(args.max_memory)
     args.model = args.model or getattr(args, "config", None) or DEFAULT_MODEL
     seq_len = args.seq_len if args.seq_len is not None else args.prompt_length + args.max_new_tokens
+    if seq_len < 1:
+        raise UsageError("--prompt-length + --max-new-tokens must be at least 1 (nothing to run a forward over)")
     return estimate_memory(
         load_config(args.model),
         dtype=getattr(torch, args.dtype),
@@ -346,12 +410,13 @@ def memory_estimate(args: argparse.Namespace) -> MemoryEstimate:
 
 def main(argv: list[str] | argparse.Namespace | None = None) -> int:
     """`llada-hf memory [MODEL] [--dtype --batch-size --max-new-tokens --device-map ...]`: print the table."""
-    if isinstance(argv, argparse.Namespace):
-        args = argv
-    else:
-        parser = argparse.ArgumentParser(prog="llada-hf memory", description=main.__doc__)
-        add_memory_args(parser)
-        args = parser.parse_args(argv)
+    if not isinstance(argv, argparse.Namespace):  # one-line errors and exit codes as `llada-hf memory`
+        import sys
+
+        from .cli import main as cli_main
+
+        return cli_main(["memory", *(sys.argv[1:] if argv is None else argv)])
+    args = argv
     estimate = memory_estimate(args)
     print(f"{args.model}: batch {args.batch_size}, sequence {estimate.sequence_length} (prompt + canvas)")
     print(estimate.summary())
@@ -418,6 +483,9 @@ __all__ = [
     "estimate_memory",
     "active_parameters",
     "add_memory_args",
+    "check_memory_arguments",
+    "max_memory_pair",
+    "parse_memory_size",
     "load_config",
     "main",
     "memory_estimate",

@@ -10,7 +10,8 @@ import pytest
 import torch
 from conftest import GOLDEN_DIR
 
-from llada_hf import cli
+from llada_hf import cli, memory
+from llada_hf.errors import UsageError
 from llada_hf.hub import load_hub_config
 from llada_hf.memory import estimate_memory, meta_model
 
@@ -146,3 +147,91 @@ def test_memory_cli_plans_a_device_map(capsys):
     assert "device_map:" in out and "     1:" in out
     assert cli.main(["memory", "/nonexistent"]) == 1
     assert capsys.readouterr().err.strip() == "llada-hf memory: error: no model or config at /nonexistent"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Flag checks and exit codes
+
+
+@pytest.mark.parametrize(
+    ("flag", "field"),
+    [("--steps", "steps"), ("--block-length", "block_length"), ("--max-new-tokens", "max_new_tokens"),
+     ("--temperature", "temperature"), ("--cfg-scale", "cfg_scale"), ("--threshold", "threshold")],
+)  # fmt: skip
+def test_chat_flag_types_follow_the_generation_config_rules(flag, field):
+    """Each value the flag's type accepts is one `LLaDAGenerationConfig.validate` accepts, and the reverse (a chat
+    needs an answer: `max_new_tokens` 0, which generate() allows for infilling only, is refused by the flag)."""
+    from llada_hf.generation import LLaDAGenerationConfig
+
+    action = next(a for a in _subparsers(cli.build_parser())["chat"]._actions if flag in a.option_strings)
+    for text in ("-1", "0", "1", "2", "16", "0.5", "2.5", "nan", "inf", "-inf", "1e-3"):
+        try:
+            value = action.type(text)
+        except argparse.ArgumentTypeError:
+            value = None
+        try:
+            number = float(text) if "." in text or not text.lstrip("-").isdigit() else int(text)
+            LLaDAGenerationConfig(**{field: number}).validate()
+            library = not (field == "max_new_tokens" and number == 0)
+        except ValueError:
+            library = False
+        assert (value is not None) == library, (flag, text)
+
+
+def test_parser_errors_are_one_line_exit_2(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["chat", "--steps", "-1"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "llada-hf chat: error: argument --steps: must be a positive integer (got -1)\n"
+
+
+@pytest.mark.parametrize(
+    ("error", "code"), [(UsageError("--learning_rate must be finite"), 2), (RuntimeError("disk full"), 1)]
+)
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_train_and_eval_errors_are_one_line_and_debug_reraises(command, error, code, monkeypatch, capsys):
+    import llada_hf.lm_eval_backend as backend
+    import llada_hf.training as training
+
+    def fail(argv):
+        raise error
+
+    monkeypatch.setattr(training, "train_main", fail)
+    monkeypatch.setattr(backend, "main", fail)
+    assert cli.main([command, "--some_flag", "1"]) == code
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"llada-hf {command}: error: ") and str(error) in err
+    with pytest.raises(type(error)):
+        cli.main(["--debug", command, "--some_flag", "1"])
+
+
+def test_chat_block_length_is_checked_against_the_model_before_the_session(monkeypatch, capsys):
+    """`--block-length 5` with the model's 16-token answers: exit 2 after loading, before the session prints."""
+    monkeypatch.setattr("sys.stdin", iter(["What is 12 + 7?\n"]))
+    assert cli.main(["chat", "--block-length", "5"]) == 2
+    captured = capsys.readouterr()
+    assert "Chat with LLaDA" not in captured.out
+    assert captured.err.strip() == (
+        "llada-hf chat: error: the model's max_new_tokens (16, from generation_config.json) must be divisible by "
+        "--block-length (5)"
+    )
+    with pytest.raises(UsageError):
+        cli.main(["--debug", "chat", "--block-length", "5"])
+
+
+def test_memory_module_main_has_the_cli_errors(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        memory.main(["--batch-size", "-3"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        "llada-hf memory: error: argument --batch-size: must be a positive integer (got -3)"
+    )
+
+
+def test_train_argparse_errors_are_one_line(capsys):
+    """`HfArgumentParser`'s own usage errors (a bad `TrainingArguments` value) are one line under `llada-hf`."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--max_steps", "abc"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("llada-hf train: error: argument --max_steps")
