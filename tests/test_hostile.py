@@ -5,8 +5,11 @@ Sections: library entry points (likelihood, config loading, memory, generation),
 command line. Each section keeps its own parametrised cases.
 """
 
+import atexit
+import json
 import os
 import re
+import select
 import subprocess
 import sys
 from pathlib import Path
@@ -18,13 +21,41 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 REPO = Path(__file__).resolve().parents[1]
 
 
+class _CliServer:
+    """One `tests/cli_fork_server.py` process for the module: each `run_cli` call is a fork of it (see its
+    docstring: a real process with its own exit code and stderr, without paying the torch import per case)."""
+
+    process: subprocess.Popen | None = None
+
+    @classmethod
+    def run(cls, argv: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess:
+        if cls.process is None or cls.process.poll() is not None:
+            env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+            cls.process = subprocess.Popen(
+                [sys.executable, str(REPO / "tests" / "cli_fork_server.py")], stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=REPO,
+            )  # fmt: skip
+            atexit.register(cls.stop)
+        cls.process.stdin.write(json.dumps({"argv": argv, "cwd": str(cwd)}) + "\n")
+        cls.process.stdin.flush()
+        ready, _, _ = select.select([cls.process.stdout], [], [], timeout)
+        if not ready:
+            cls.stop()
+            raise TimeoutError(f"llada-hf {' '.join(argv)} ran past {timeout} s")
+        reply = json.loads(cls.process.stdout.readline())
+        return subprocess.CompletedProcess(["llada-hf", *argv], reply["returncode"], reply["stdout"], reply["stderr"])
+
+    @classmethod
+    def stop(cls) -> None:
+        if cls.process is not None and cls.process.poll() is None:
+            cls.process.kill()
+            cls.process.wait()
+        cls.process = None
+
+
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """`llada-hf ARGS` in a subprocess (offline); returns the completed process with text stdout/stderr."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
-    return subprocess.run(
-        [sys.executable, "-m", "llada_hf.cli", *args],
-        capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd or REPO, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+    """`llada-hf ARGS` in its own process (offline, empty stdin); returns it completed, with text stdout/stderr."""
+    return _CliServer.run(list(args), cwd or REPO, timeout)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, code: int, *names: str) -> str:
