@@ -392,6 +392,10 @@ class LLaDAModelLM(LLaDAPreTrainedModel, DiffusionGenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
+    def __call__(self, *args, **kwargs):
+        refuse_next_token_loss(kwargs)  # before trl's fused head or any patched forward
+        return super().__call__(*args, **kwargs)
+
     @can_return_tuple
     def forward(
         self,
@@ -443,6 +447,22 @@ def check_token_reweighting(gamma: float, alpha: float) -> None:
         raise ValueError(f"reweight_gamma must be a finite number >= 0 (0: no reweighting), got {gamma!r}.")
     if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
         raise ValueError(f"reweight_alpha must be a finite number > 0, got {alpha!r}.")
+
+
+NEXT_TOKEN_LOSS_ERROR = (
+    "LLaDA is a masked-diffusion model: next-token (causal) SFT trains the wrong objective ({why}). Fine-tune with "
+    "`llada_hf.training.DiffusionSFTTrainer` (a trl.SFTTrainer for this objective) or `llada-hf train` / "
+    "`DiffusionTrainer`; for a custom loop: labels without p_mask are refused, use `pretraining_loss` / `sft_loss`."
+)
+
+
+def refuse_next_token_loss(kwargs: dict) -> None:
+    """Refuse the calls a next-token trainer makes (trl.SFTTrainer's fused LM head, a Trainer's labels without p_mask):
+    they bypass `forward`'s own check, so the LM classes run this in `__call__`, before any hook or patched forward."""
+    if kwargs.get("fused_lm_head"):
+        raise ValueError(NEXT_TOKEN_LOSS_ERROR.format(why="a fused next-token LM head, e.g. trl.SFTTrainer's"))
+    if kwargs.get("labels") is not None and kwargs.get("p_mask") is None:
+        raise ValueError(NEXT_TOKEN_LOSS_ERROR.format(why="labels without p_mask"))
 
 
 def masked_diffusion_loss(
@@ -498,4 +518,5 @@ __all__ = [
     "MissingWeightsCheck",
     "OFFICIAL_KEY_MAPPING",
     "masked_diffusion_loss",
+    "refuse_next_token_loss",
 ]

@@ -38,7 +38,7 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_llada2 import LLaDA2MoeConfig
 from .generation_llada2 import LLaDA2GenerationConfig, LLaDA2GenerationMixin
-from .modeling_llada import MissingWeightsCheck, _host_checkable, masked_diffusion_loss
+from .modeling_llada import MissingWeightsCheck, _host_checkable, masked_diffusion_loss, refuse_next_token_loss
 
 # Official key -> native key, one anchored rule per tensor kind (one capture group each, as the loader expects).
 LLADA2_OFFICIAL_KEY_MAPPING = {
@@ -493,6 +493,10 @@ class LLaDA2MoeModelLM(LLaDA2PreTrainedModel, LLaDA2GenerationMixin):
         self.model = LLaDA2MoeModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
+
+    def __call__(self, *args, **kwargs):
+        refuse_next_token_loss(kwargs)  # before trl's fused head or any patched forward
+        return super().__call__(*args, **kwargs)
 
     @can_return_tuple
     def forward(

@@ -31,7 +31,7 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_llada_moe import LLaDAMoEConfig
 from .generation_llada import DiffusionGenerationMixin, LLaDAGenerationConfig
-from .modeling_llada import MissingWeightsCheck, _host_checkable
+from .modeling_llada import MissingWeightsCheck, _host_checkable, refuse_next_token_loss
 from .modeling_llada2 import (
     LLaDA2MLP,
     LLaDA2RMSNorm,
@@ -288,6 +288,10 @@ class LLaDAMoEModelLM(LLaDAMoEPreTrainedModel, DiffusionGenerationMixin):
         self.model = LLaDAMoEModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
+
+    def __call__(self, *args, **kwargs):
+        refuse_next_token_loss(kwargs)  # before trl's fused head or any patched forward
+        return super().__call__(*args, **kwargs)
 
     @can_return_tuple
     def forward(

@@ -7,7 +7,8 @@
 * `trainer`: `DiffusionTrainer` and `DiffusionTrainingArguments` (every diffusion hyper-parameter, once);
 * `distributed`: FSDP2 sharding at load time (`fsdp_config`, `gather_unsharded`);
 * `conversion`: LoRA (`lora_config`, `get_lora_model`, `save_trained`, `load_trained`) and `convert_llama_to_llada`;
-* `cli`: `llada-hf train` (`train_main`).
+* `cli`: `llada-hf train` (`train_main`);
+* `sft_trainer` (needs the `[trl]` extra, imported on first use): `DiffusionSFTTrainer`, `DiffusionSFTConfig`.
 
 Models of every family are loaded by `llada_hf.loading.load_model` (re-exported here). Everything is re-exported, so
 `from llada_hf.training import X` works as it did when this was one module.
@@ -65,6 +66,8 @@ __all__ = [
     "DataReport",
     "DiffusionCollator",
     "DiffusionTrainer",
+    "DiffusionSFTConfig",
+    "DiffusionSFTTrainer",
     "DiffusionTrainingArguments",
     "FSDP_MIN_TRANSFORMERS",
     "FSDP_TRAP",
@@ -95,3 +98,12 @@ __all__ = [
     "sft_loss",
     "train_main",
 ]
+
+
+def __getattr__(name: str):
+    """`DiffusionSFTTrainer` / `DiffusionSFTConfig` on first use: trl is optional (`pip install llada_hf[trl]`)."""
+    if name in ("DiffusionSFTTrainer", "DiffusionSFTConfig"):
+        from . import sft_trainer
+
+        return getattr(sft_trainer, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
