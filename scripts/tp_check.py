@@ -59,6 +59,7 @@ def compare(reference: LLaDAModelLM, sharded: LLaDAModelLM, device: torch.device
         "logits_shape": list(tp_logits.shape),
         "expected_logits_shape": [ids.shape[0], ids.shape[1], vocab],
         "max_abs_logits_diff": float((ref_logits - tp_logits).abs().max()),
+        "max_abs_reference_logits": float(ref_logits.abs().max()),  # the scale of a derived tolerance
         "max_abs_logits_diff_padded": float(
             ((ref_masked - tp_masked).abs() * attention_mask[..., None]).max()  # padded rows' outputs are don't-care
         ),
@@ -88,11 +89,17 @@ def compare_training(reference: LLaDAModelLM, sharded: LLaDAModelLM, device: tor
         model.eval()
     reference_grads = dict(reference.named_parameters())
     worst = 0.0
+    largest = max(float(p.grad.abs().max()) for p in reference.parameters())
     for name, param in sharded.named_parameters():
         grad = param.grad
         grad = grad.full_tensor() if hasattr(grad, "full_tensor") else grad
         worst = max(worst, float((grad - reference_grads[name].grad).abs().max()))
-    return {"loss": losses[1], "reference_loss": losses[0], "max_abs_grad_diff": worst}
+    return {
+        "loss": losses[1],
+        "reference_loss": losses[0],
+        "max_abs_grad_diff": worst,
+        "max_abs_reference_grad": largest,
+    }
 
 
 def main() -> None:

@@ -53,3 +53,35 @@ def tiny_config(**overrides) -> "llada_hf.LLaDAConfig":
 def tiny_model(seed: int = 0, **overrides) -> "llada_hf.LLaDAModelLM":
     torch.manual_seed(seed)
     return llada_hf.LLaDAModelLM(tiny_config(**overrides)).eval()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Derived float32 tolerances. Two float32 results of the same math that differ only in the order of their additions
+# (another BLAS kernel, a merged LoRA weight, a sharded all-reduce, a cache) are each within n * eps of the exact value
+# after a chain of n additions (Higham's gamma_n bound), relative to the magnitudes summed. So a comparison allows
+# 2 * eps * depth * max|reference|: it holds on any CPU, and a real bug (a wrong weight, mask or position) moves the
+# result by orders of magnitude more. Bit-identical comparisons stay torch.equal; token ids stay exact.
+
+FP32_EPS = torch.finfo(torch.float32).eps
+
+
+def forward_depth(config, seq_len: int = 0, vocab: bool = False) -> int:
+    """The longest chain of float32 additions in one forward pass: per layer the q/k/v projection (hidden), the
+    scores (head_dim), the attention-weighted sum (seq_len), the output projection (hidden), the MLP's gate/up
+    (hidden) and down (intermediate) projections; then the head (hidden), plus a softmax over the vocabulary when
+    the result is a loss or a log-likelihood (`vocab=True`)."""
+    hidden = config.hidden_size
+    head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
+    intermediate = max(getattr(config, "intermediate_size", 0) or 0, getattr(config, "moe_intermediate_size", 0) or 0)
+    per_layer = 3 * hidden + head_dim + seq_len + intermediate
+    return config.num_hidden_layers * per_layer + hidden + (config.vocab_size if vocab else 0)
+
+
+def fp32_tol(reference, depth: int) -> float:
+    """Absolute tolerance for comparing against float32 `reference` (a tensor or a number) after `depth` chained
+    additions: 2 * eps * depth * max|reference| (see above). Use as `atol=` / `abs=` / `<=`."""
+    if isinstance(reference, torch.Tensor):
+        magnitude = reference.detach().abs().max().item() if reference.numel() else 0.0
+    else:
+        magnitude = abs(float(reference))
+    return 2 * FP32_EPS * depth * max(magnitude, torch.finfo(torch.float32).tiny)
