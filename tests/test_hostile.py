@@ -441,6 +441,8 @@ TRAIN_FLAG_CASES = {
     "reweight_gamma_nan": (["--reweight_gamma", "nan"], "--reweight_gamma"),
     "anneal_negative": (["--attention_anneal_steps", "-3"], "--attention_anneal_steps"),
     "max_length_zero": (["--max_length", "0"], "--max_length"),
+    "lora_flag_without_peft": (["--lora_target_modules", "lm_head"], "--use_peft"),
+    "lora_rank_without_peft": (["--lora_r=4"], "--lora_r"),
 }
 
 

@@ -214,6 +214,10 @@ def parse_train_args(
         raise UsageError(f"--max_length must be at least 1, got {data_args.max_length}")
     if data_args.eval_size < 0:
         raise UsageError(f"--eval_size must be 0 or more, got {data_args.eval_size}")
+    given = sys.argv[1:] if argv is None else argv
+    lora_flags = sorted({arg.split("=")[0] for arg in given if arg.startswith(("--lora_", "--lora-"))})
+    if lora_flags and not model_args.use_peft:
+        raise UsageError(f"{', '.join(lora_flags)} without --use_peft: add --use_peft to train LoRA adapters")
     targets = _lora_targets(model_args) if model_args.use_peft else []
     if model_args.use_peft:
         if model_args.lora_r < 1:
