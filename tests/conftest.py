@@ -85,3 +85,21 @@ def fp32_tol(reference, depth: int) -> float:
     else:
         magnitude = abs(float(reference))
     return 2 * FP32_EPS * depth * max(magnitude, torch.finfo(torch.float32).tiny)
+
+
+REMOTE_CODE_CHECK = Path(__file__).parent / "remote_code_check.py"
+
+
+def run_remote_code_check(checkpoint: Path, ids: list, tmp_path: Path, *extra: str) -> list[str]:
+    """`tests/remote_code_check.py CHECKPOINT IDS [EXTRA]` where llada_hf cannot be imported (bare env, its own
+    modules cache): what a user without the package gets from `trust_remote_code=True`. Returns its stdout lines."""
+    import subprocess
+    import sys
+
+    env = {"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        [sys.executable, str(REMOTE_CODE_CHECK), str(checkpoint), json.dumps(ids), *extra],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout.strip().splitlines()

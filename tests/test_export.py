@@ -3,13 +3,11 @@
 loadable where llada_hf is not installed; LoRA adapters are merged first."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import run_remote_code_check, tiny_model
 from safetensors import safe_open
 from transformers import AutoModel
 
@@ -20,7 +18,6 @@ FIXTURES = Path(__file__).parent / "fixtures"
 FAMILIES = {"llada8b": "golden_tiny", "lladamoe": "lladamoe_tiny", "llada2": "llada2_tiny"}
 LORA_TARGETS = {"llada8b": ["q_proj", "v_proj", "up_proj"], "lladamoe": ["q_proj", "v_proj", "up_proj"]}
 LORA_TARGETS["llada2"] = ["qkv_proj", "o_proj", "up_proj"]
-CHECK = Path(__file__).parent / "remote_code_check.py"
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -57,18 +54,8 @@ def test_export_official_reproduces_the_fixture(family, tmp_path):
 
 
 def run_check(checkpoint: Path, ids: list, tmp_path: Path) -> dict:
-    env = {"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PATH": "/usr/bin:/bin"}
-    result = subprocess.run(
-        [sys.executable, str(CHECK), str(checkpoint), json.dumps(ids), "official"],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    lines = run_remote_code_check(checkpoint, ids, tmp_path, "official")
+    return json.loads(lines[-1])
 
 
 @pytest.mark.parametrize("family", FAMILIES)

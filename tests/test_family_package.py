@@ -2,13 +2,11 @@
 CPU/disk offload, the flat remote-code export, and the opt-in router auxiliary loss."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import forward_depth, fp32_tol
+from conftest import forward_depth, fp32_tol, run_remote_code_check
 from transformers import AutoModel, pipeline
 
 import llada_hf
@@ -105,18 +103,8 @@ def test_remote_code_export_loads_without_llada_hf(family, tmp_path):
     assert auto_map["AutoModel"].split(".")[0] == entry
     ids = [[5, 6, 7, 8]]
     expected = model.generate(torch.tensor(ids), max_new_tokens=8, steps=8, block_length=4).tolist()
-    script = Path(__file__).parent / "remote_code_check.py"
-    env = {"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PATH": "/usr/bin:/bin"}
-    result = subprocess.run(
-        [sys.executable, str(script), str(checkpoint), json.dumps(ids)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    module, generation_class, tokens = result.stdout.strip().splitlines()[-3:]
+    lines = run_remote_code_check(checkpoint, ids, tmp_path)
+    module, generation_class, tokens = lines[-3:]
     assert module.startswith("transformers_modules.")
     assert generation_class == type(model.generation_config).__name__
     assert json.loads(tokens) == expected
