@@ -111,6 +111,12 @@ class _DiffusionHandler:
 
         return EventStream(gen(), media_type="text/event-stream")
 
+    async def _complete(self, body: dict) -> tuple[list, str, int, CompletionUsage]:
+        """The request's answers from the batcher, with what every response carries: model id, time, usage."""
+        job, prompt_lens = self._prepare(body)
+        answers = await self._answers(job)
+        return answers, self.model_manager.model_id, int(time.time()), self._usage(prompt_lens, job.n, answers)
+
 
 class DiffusionChatHandler(_DiffusionHandler, ChatCompletionHandler):
     """`/v1/chat/completions`: messages -> the tokenizer's chat template -> the batcher -> `ChatCompletion`."""
@@ -145,13 +151,7 @@ class DiffusionChatHandler(_DiffusionHandler, ChatCompletionHandler):
         return value if value is not None else protocol._int(body, "max_tokens", 1)
 
     async def handle_request(self, body: dict, request_id: str):
-        job, prompt_lens = self._prepare(body)
-        answers = await self._answers(job)
-        model_id, created, usage = (
-            self.model_manager.model_id,
-            int(time.time()),
-            self._usage(prompt_lens, job.n, answers),
-        )
+        answers, model_id, created, usage = await self._complete(body)
         if not body.get("stream"):
             choices = [
                 Choice(index=i, message=ChatCompletionMessage(role="assistant", content=text), finish_reason=reason)
@@ -197,13 +197,7 @@ class DiffusionCompletionHandler(_DiffusionHandler, CompletionHandler):
         return [tokenizer(p).input_ids for p in prompts]
 
     async def handle_request(self, body: dict, request_id: str):
-        job, prompt_lens = self._prepare(body)
-        answers = await self._answers(job)
-        model_id, created, usage = (
-            self.model_manager.model_id,
-            int(time.time()),
-            self._usage(prompt_lens, job.n, answers),
-        )
+        answers, model_id, created, usage = await self._complete(body)
         choices = [
             CompletionChoice(index=i, text=text, finish_reason=reason, logprobs=None)
             for i, (text, _, reason) in enumerate(answers)
