@@ -41,7 +41,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         from .app import build_app
     except ImportError as error:
-        raise UsageError(f"llada-hf serve needs the [serve] extra: pip install 'llada_hf[serve]' ({error})") from None
+        raise UsageError(
+            "llada-hf serve needs the [serve] extra (transformers >= 5.25 for its serving app, fastapi, uvicorn, "
+            f"openai): pip install 'llada_hf[serve]' ({error})"
+        ) from None
     import sys
 
     from ..loading import ModelLoadError, load_model_and_tokenizer

@@ -190,6 +190,17 @@ def _first_json_error(path: str) -> str | None:
     return None
 
 
+def _jsonl_dataset(path: str) -> Any:
+    """The JSON-lines rows as a `Dataset`, a field missing from some rows filled with None. Some `datasets` releases
+    (4.x) refuse such a file outright; the row checks then name the line that lacks the field, as on other releases."""
+    from datasets import Dataset
+
+    with open(path, encoding="utf-8") as handle:
+        rows = [json.loads(line) for line in handle if line.strip()]
+    keys = list(dict.fromkeys(key for row in rows for key in row))
+    return Dataset.from_dict({key: [row.get(key) for row in rows] for key in keys})
+
+
 def load_rows(
     path: str | None = None,
     *,
@@ -227,7 +238,9 @@ def load_rows(
         dataset = load_dataset(builder, dataset_config, data_files=data_files, split=split, cache_dir=cache_dir)
     except Exception as error:
         bad = _first_json_error(jsonl) if jsonl is not None else None
-        raise DataError(bad or f"{label}: could not load the data: {type(error).__name__}: {error}") from error
+        if jsonl is None or bad is not None:
+            raise DataError(bad or f"{label}: could not load the data: {type(error).__name__}: {error}") from error
+        dataset = _jsonl_dataset(jsonl)  # every line parses and type-checks: rows are checked, by line, when encoded
     if len(dataset) == 0:
         raise DataError(f"{label}: no rows")
     return dataset, _row_locator(label, jsonl), label
