@@ -467,7 +467,7 @@ class DiffusionKVCache:
     def begin(self, refresh: bool, start: int, end: int) -> None:
         self.refresh, self.start, self.end = refresh, start, end
 
-    def update(self, layer_idx: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args) -> tuple[torch.Tensor, ...]:
         if self.refresh:
             self.keys[layer_idx], self.values[layer_idx] = key, value
             return key, value
@@ -651,7 +651,7 @@ class DiffusionSampler:
                 input_ids=input_ids.narrow(1, q_start, q_end - q_start),
                 attention_mask=attention_mask,
                 position_ids=torch.arange(q_start, q_end, device=input_ids.device)[None],
-                diffusion_cache=self.cache,
+                past_key_values=self.cache,
                 logits_to_keep=_columns(w_start - q_start, w_end - q_start, input_ids.device),
             ).logits
 

@@ -154,7 +154,7 @@ class BlockKVCache:
         self.values: dict[int, torch.Tensor] = {}
         self.end, self.store = 0, 0
 
-    def update(self, layer_idx: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args) -> tuple[torch.Tensor, ...]:
         if layer_idx in self.keys:
             key = torch.cat([self.keys[layer_idx], key], dim=2)
             value = torch.cat([self.values[layer_idx], value], dim=2)
@@ -218,7 +218,7 @@ class LLaDA2Sampler(DiffusionSampler):
             attention_mask=mask,
             position_ids=position_ids,
             logits_to_keep=slice(w_start - start, w_end - start),
-            diffusion_cache=cache,
+            past_key_values=cache,
         ).logits
         if cache is not None:
             cache.end, cache.store = cache.end + cache.store, 0

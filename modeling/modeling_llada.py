@@ -176,7 +176,7 @@ class LLaDAAttention(nn.Module):
         hidden_states: torch.Tensor,
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
         attention_mask: torch.Tensor | None = None,
-        diffusion_cache=None,
+        past_key_values=None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         input_shape = hidden_states.shape[:-1]
@@ -185,8 +185,8 @@ class LLaDAAttention(nn.Module):
         key_states = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
         value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
         query_states, key_states = apply_rotary_pos_emb(query_states, key_states, *position_embeddings)
-        if diffusion_cache is not None:  # generation's prefix/dual KV cache: keys of all canvas columns
-            key_states, value_states = diffusion_cache.update(self.layer_idx, key_states, value_states)
+        if past_key_values is not None:  # generation's prefix/dual KV cache: keys of all canvas columns
+            key_states, value_states = past_key_values.update(key_states, value_states, self.layer_idx)
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
@@ -232,14 +232,14 @@ class LLaDADecoderLayer(GradientCheckpointingLayer):
         hidden_states: torch.Tensor,
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
         attention_mask: torch.Tensor | None = None,
-        diffusion_cache=None,
+        past_key_values=None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> torch.Tensor:
         attn_output, _ = self.self_attn(
             self.input_layernorm(hidden_states),
             position_embeddings,
             attention_mask=attention_mask,
-            diffusion_cache=diffusion_cache,
+            past_key_values=past_key_values,
             **kwargs,
         )
         hidden_states = hidden_states + attn_output
@@ -324,10 +324,10 @@ class LLaDAModel(LLaDAPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
-        diffusion_cache=None,
+        past_key_values=None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutput:
-        """`diffusion_cache` (a `DiffusionKVCache` from generation) lets the inputs be a slice of the canvas at
+        """`past_key_values` (a `DiffusionKVCache` from generation) lets the inputs be a slice of the canvas at
         `position_ids`, attending to cached keys of every column; `attention_mask` then covers the whole canvas."""
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
@@ -366,7 +366,7 @@ class LLaDAModel(LLaDAPreTrainedModel):
                 hidden_states,
                 position_embeddings=position_embeddings,
                 attention_mask=mask,
-                diffusion_cache=diffusion_cache,
+                past_key_values=past_key_values,
                 **kwargs,
             )
         return BaseModelOutput(last_hidden_state=self.norm(hidden_states))
@@ -406,17 +406,17 @@ class LLaDAModelLM(LLaDAPreTrainedModel, DiffusionGenerationMixin):
         labels: torch.LongTensor | None = None,
         p_mask: torch.Tensor | None = None,
         logits_to_keep: slice | torch.Tensor | None = None,
-        diffusion_cache=None,
+        past_key_values=None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> MaskedLMOutput:
         """`logits_to_keep` (a slice or an index tensor of positions) runs the 126k-column head only where logits are
-        needed (the sampler's current block); `diffusion_cache` is generation's prefix/dual KV cache."""
+        needed (the sampler's current block); `past_key_values` is generation's prefix/dual KV cache."""
         outputs: BaseModelOutput = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
             inputs_embeds=inputs_embeds,
-            diffusion_cache=diffusion_cache,
+            past_key_values=past_key_values,
             return_dict=True,
             **kwargs,
         )

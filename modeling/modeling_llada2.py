@@ -232,7 +232,7 @@ class LLaDA2Attention(nn.Module):
         hidden_states: torch.Tensor,
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
         attention_mask: torch.Tensor | None = None,
-        diffusion_cache=None,
+        past_key_values=None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         input_shape = hidden_states.shape[:-1]
@@ -242,8 +242,8 @@ class LLaDA2Attention(nn.Module):
         key = self.k_norm(key).transpose(1, 2)
         value = value.transpose(1, 2)
         query, key = apply_partial_rotary_pos_emb(query, key, *position_embeddings)
-        if diffusion_cache is not None:  # generation's prefix/dual KV cache: keys of all canvas columns
-            key, value = diffusion_cache.update(self.layer_idx, key, value)
+        if past_key_values is not None:  # generation's prefix/dual KV cache: keys of all canvas columns
+            key, value = past_key_values.update(key, value, self.layer_idx)
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
@@ -370,14 +370,14 @@ class LLaDA2DecoderLayer(GradientCheckpointingLayer):
         hidden_states: torch.Tensor,
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
         attention_mask: torch.Tensor | None = None,
-        diffusion_cache=None,
+        past_key_values=None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> torch.Tensor:
         attn_output, _ = self.self_attn(
             self.input_layernorm(hidden_states),
             position_embeddings,
             attention_mask=attention_mask,
-            diffusion_cache=diffusion_cache,
+            past_key_values=past_key_values,
             **kwargs,
         )
         hidden_states = hidden_states + attn_output
@@ -437,12 +437,12 @@ class LLaDA2MoeModel(LLaDA2PreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
-        diffusion_cache=None,
+        past_key_values=None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutput:
         """`attention_mask`: 2-D padding mask, or a 4-D (batch, 1, queries, keys) boolean / additive mask such as the
         block-causal mask of the LLaDA2 sampler; `None` is full bidirectional attention. `position_ids` default to
-        `arange(seq)`. `diffusion_cache` (generation's KV cache) lets the inputs be a slice of the canvas."""
+        `arange(seq)`. `past_key_values` (generation's KV cache) lets the inputs be a slice of the canvas."""
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
@@ -460,7 +460,7 @@ class LLaDA2MoeModel(LLaDA2PreTrainedModel):
                 hidden_states,
                 position_embeddings=position_embeddings,
                 attention_mask=mask,
-                diffusion_cache=diffusion_cache,
+                past_key_values=past_key_values,
                 **kwargs,
             )
         return BaseModelOutput(last_hidden_state=self.norm(hidden_states))
@@ -508,14 +508,14 @@ class LLaDA2MoeModelLM(LLaDA2PreTrainedModel, LLaDA2GenerationMixin):
         labels: torch.LongTensor | None = None,
         p_mask: torch.Tensor | None = None,
         logits_to_keep: slice | None = None,
-        diffusion_cache=None,
+        past_key_values=None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> MaskedLMOutput:
         """`logits_to_keep` (a slice of positions) runs the head only where logits are needed;
         `output_router_logits` (default: the config's) adds the router logits and the auxiliary loss."""
         return moe_lm_forward(
             self, LLaDA2SparseMoeBlock, normalised_sigmoid, input_ids, attention_mask, position_ids, inputs_embeds,
-            labels, p_mask, logits_to_keep, diffusion_cache, kwargs,
+            labels, p_mask, logits_to_keep, past_key_values, kwargs,
         )  # fmt: skip
 
     def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, **kwargs) -> dict:
@@ -540,7 +540,7 @@ def moe_lm_forward(
     labels,
     p_mask,
     logits_to_keep,
-    diffusion_cache,
+    past_key_values,
     kwargs: dict,
 ) -> "MoeMaskedLMOutput":
     """The LM-head forward of both MoE families: body (router logits collected when asked), head on the kept columns,
@@ -557,7 +557,7 @@ def moe_lm_forward(
             attention_mask=attention_mask,
             position_ids=position_ids,
             inputs_embeds=inputs_embeds,
-            diffusion_cache=diffusion_cache,
+            past_key_values=past_key_values,
             return_dict=True,
             **kwargs,
         ),

@@ -78,7 +78,7 @@ class LLaDAMoEAttention(nn.Module):
         hidden_states: torch.Tensor,
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
         attention_mask: torch.Tensor | None = None,
-        diffusion_cache=None,
+        past_key_values=None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         input_shape = hidden_states.shape[:-1]
@@ -89,8 +89,8 @@ class LLaDAMoEAttention(nn.Module):
         if self.q_norm is not None:
             query, key = self.q_norm(query), self.k_norm(key)
         query, key = apply_partial_rotary_pos_emb(query.transpose(1, 2), key.transpose(1, 2), *position_embeddings)
-        if diffusion_cache is not None:  # generation's prefix/dual KV cache: keys of all canvas columns
-            key, value = diffusion_cache.update(self.layer_idx, key, value)
+        if past_key_values is not None:  # generation's prefix/dual KV cache: keys of all canvas columns
+            key, value = past_key_values.update(key, value, self.layer_idx)
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
@@ -166,14 +166,14 @@ class LLaDAMoEDecoderLayer(GradientCheckpointingLayer):
         hidden_states: torch.Tensor,
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
         attention_mask: torch.Tensor | None = None,
-        diffusion_cache=None,
+        past_key_values=None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> torch.Tensor:
         attn_output, _ = self.self_attn(
             self.input_layernorm(hidden_states),
             position_embeddings,
             attention_mask=attention_mask,
-            diffusion_cache=diffusion_cache,
+            past_key_values=past_key_values,
             **kwargs,
         )
         hidden_states = hidden_states + attn_output
@@ -235,11 +235,11 @@ class LLaDAMoEModel(LLaDAMoEPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
-        diffusion_cache=None,
+        past_key_values=None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutput:
         """`attention_mask` (2-D padding mask, or a 4-D boolean / additive mask) is honoured, unlike the official
-        forward, which ignores it. `diffusion_cache` (generation's KV cache) lets the inputs be a canvas slice."""
+        forward, which ignores it. `past_key_values` (generation's KV cache) lets the inputs be a canvas slice."""
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
@@ -258,7 +258,7 @@ class LLaDAMoEModel(LLaDAMoEPreTrainedModel):
                 hidden_states,
                 position_embeddings=position_embeddings,
                 attention_mask=mask,
-                diffusion_cache=diffusion_cache,
+                past_key_values=past_key_values,
                 **kwargs,
             )
         return BaseModelOutput(last_hidden_state=self.norm(hidden_states))
@@ -303,14 +303,14 @@ class LLaDAMoEModelLM(LLaDAMoEPreTrainedModel, DiffusionGenerationMixin):
         labels: torch.LongTensor | None = None,
         p_mask: torch.Tensor | None = None,
         logits_to_keep: slice | None = None,
-        diffusion_cache=None,
+        past_key_values=None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> MaskedLMOutput:
         """`logits_to_keep` (a slice of positions) runs the head only where logits are needed;
         `output_router_logits` (default: the config's) adds the router logits and the auxiliary loss."""
         return moe_lm_forward(
             self, LLaDAMoESparseMoeBlock, _softmax, input_ids, attention_mask, position_ids, inputs_embeds, labels,
-            p_mask, logits_to_keep, diffusion_cache, kwargs,
+            p_mask, logits_to_keep, past_key_values, kwargs,
         )  # fmt: skip
 
     def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, **kwargs) -> dict:

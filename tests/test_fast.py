@@ -52,11 +52,11 @@ def test_cached_forward_equals_full_forward_when_nothing_is_stale(padded, mode):
     full = model(ids, attention_mask=mask).logits
     cache = DiffusionKVCache()
     cache.begin(refresh=True, start=0, end=24)
-    refreshed = model(ids, attention_mask=mask, diffusion_cache=cache).logits
+    refreshed = model(ids, attention_mask=mask, past_key_values=cache).logits
     assert torch.equal(refreshed, full)
     cache.begin(refresh=False, start=start, end=end)
     cached = model(
-        ids[:, start:end], attention_mask=mask, position_ids=torch.arange(start, end)[None], diffusion_cache=cache
+        ids[:, start:end], attention_mask=mask, position_ids=torch.arange(start, end)[None], past_key_values=cache
     ).logits
     assert (cached - full[:, start:end]).abs().max() <= fp32_tol(full, forward_depth(model.config, ids.shape[1]))
 
