@@ -2,16 +2,18 @@
 sampler's parts), the honoured / rejected field tables and the checks that name every unsupported option."""
 
 import math
+import warnings
 
+import torch
 from transformers.generation.configuration_utils import GenerationConfig
 
+from .generation_layout import RelativeBlocks
 from .generation_parts import (
     CONFIDENCE_RULES,
     Confidence,
     EosStop,
     FactorSelection,
     Proposal,
-    RelativeBlocks,
     RemaskRevision,
     SamplerParts,
     ScheduleSelection,
@@ -19,12 +21,6 @@ from .generation_parts import (
     _bias_items,
     canvas,
 )
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Configuration and the generate() contract
-
-#: 8B special ids; used only when the model's vocabulary is the 8B one and its config does not name them.
-LLADA_8B_VOCAB, LLADA_8B_MASK, LLADA_8B_EOT = 126464, 126336, 126348
 
 #: Every `GenerationConfig` field with a diffusion meaning (the README's option table says what each does).
 HONOURED_FIELDS = {
@@ -35,11 +31,9 @@ HONOURED_FIELDS = {
     "do_sample": "Gumbel-max sampling of each masked position (else argmax)",
     "temperature": "sampling temperature (official fp64 Gumbel noise); 0 = greedy",
     "top_k": "proposal keeps the k most likely tokens (sampling only, as in transformers)",
-    "top_p": "nucleus of the tempered proposal (sampling only)",
-    "min_p": "min-p filter of the tempered proposal (sampling only)",
-    "typical_p": "typical filter of the tempered proposal (sampling only)",
-    "epsilon_cutoff": "epsilon filter of the tempered proposal (sampling only)",
-    "eta_cutoff": "eta filter of the tempered proposal (sampling only)",
+    **dict.fromkeys(
+        ("top_p", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff"), "filter of the tempered proposal"
+    ),
     "repetition_penalty": "tokens already on the canvas (prompt and committed) are penalised at every masked position",
     "bad_words_ids": "single-token entries are never proposed (multi-token entries are rejected: order-dependent)",
     "sequence_bias": "single-token entries bias every proposal (multi-token entries are rejected: order-dependent)",
@@ -131,7 +125,6 @@ def _filter_is_set(config, name: str) -> bool:
     return value is not None and value != SAMPLING_FILTERS[name]
 
 
-SELECTIONS = ("schedule", "threshold", "factor")
 CACHE_MODES = ("none", "prefix", "dual")
 COMPILE_MODES = (False, True, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -166,27 +159,12 @@ class LLaDAGenerationConfig(GenerationConfig):
             `fullgraph=True`; `True` or a `torch.compile` mode such as `"reduce-overhead"` (CUDA graphs).
     """
 
-    _diffusion_defaults = {
-        "steps": None,
-        "block_length": None,
-        "remasking": "low_confidence",
-        "cfg_scale": 0.0,
-        "threshold": None,
-        "factor": None,
-        "remask_budget": 0,
-        "remask_threshold": 0.9,
-        "remask_per_step": 1,
-        "mask_token_id": None,
-        "eot_token_id": None,
-        "suppress_eos_logits": False,
-        "suppress_eos_confidence": None,
-        "early_stop": False,
-        "infill": False,
-        "output_history": False,
-        "fast": True,
-        "cache": "none",
-        "compile": False,
-    }
+    _diffusion_defaults = dict(
+        steps=None, block_length=None, remasking="low_confidence", cfg_scale=0.0, threshold=None, factor=None,
+        remask_budget=0, remask_threshold=0.9, remask_per_step=1, mask_token_id=None, eot_token_id=None,
+        suppress_eos_logits=False, suppress_eos_confidence=None, early_stop=False, infill=False, output_history=False,
+        fast=True, cache="none", compile=False,
+    )  # fmt: skip
 
     def __init__(self, **kwargs):
         for name, default in self._diffusion_defaults.items():
@@ -305,3 +283,55 @@ def check_contract(config: GenerationConfig, kwargs: dict) -> None:
             )
     if config.use_cache is False and config.cache != "none":
         raise ValueError(f"use_cache=False conflicts with cache={config.cache!r}.")
+
+
+def check_ids(input_ids, attention_mask, device):
+    """Accept what transformers accepts (any integer dtype, 1-D = one row); name the argument otherwise."""
+    if input_ids is None:
+        input_ids = torch.empty((1, 0), dtype=torch.long, device=device)
+    if not isinstance(input_ids, torch.Tensor):
+        raise TypeError(
+            f"input_ids must be a torch.LongTensor, got {type(input_ids).__name__}; "
+            "use tokenizer(..., return_tensors='pt')."
+        )
+    if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+        raise TypeError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}.")
+    if input_ids.dim() == 1:
+        input_ids = input_ids[None]
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}.")
+    input_ids = input_ids.to(device=device, dtype=torch.long)
+    if attention_mask is not None:
+        if not isinstance(attention_mask, torch.Tensor):
+            raise TypeError(f"attention_mask must be a tensor, got {type(attention_mask).__name__}.")
+        if attention_mask.dim() == 1:
+            attention_mask = attention_mask[None]
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"attention_mask shape {tuple(attention_mask.shape)} != input_ids {tuple(input_ids.shape)}."
+            )
+        if attention_mask.numel() and not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+            bad = attention_mask[(attention_mask != 0) & (attention_mask != 1)][0].item()
+            raise ValueError(f"attention_mask must hold 0/1 values (1: token, 0: padding), got {bad}.")
+        attention_mask = attention_mask.to(device=device, dtype=torch.long)
+    return input_ids, attention_mask
+
+
+def left_pad(input_ids, attention_mask):
+    """(ids, mask), with right-padded rows moved to the left-padded layout (warned)."""
+    if attention_mask is None or input_ids.shape[1] == 0:
+        return input_ids, attention_mask
+    mask = attention_mask.bool()
+    right_padded = (mask[:, :-1] & ~mask[:, 1:]).any(-1)
+    if not bool(right_padded.any()):
+        return input_ids, attention_mask
+    if bool(((~mask[:, :-1]) & mask[:, 1:] & right_padded[:, None]).any()):
+        raise ValueError("attention_mask has padding inside the prompt; pad on the left (padding_side='left').")
+    warnings.warn(
+        "Right padding detected: the prompts are moved to the left-padded layout (the output's prompt columns are "
+        "left-padded). Use tokenizer.padding_side = 'left' to avoid this.",
+        stacklevel=3,
+    )
+    shift = (~mask).sum(-1, keepdim=True)
+    index = (torch.arange(mask.shape[1], device=mask.device)[None, :] - shift) % mask.shape[1]
+    return input_ids.gather(1, index), attention_mask.gather(1, index)

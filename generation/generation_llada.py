@@ -24,25 +24,15 @@ from transformers.generation.stopping_criteria import StoppingCriteriaList, Stop
 from transformers.utils import ModelOutput
 
 from .generation_config import (
-    HONOURED_FIELDS,
-    REJECTED_FIELDS,
     REJECTED_KWARGS,
     SAMPLING_FILTERS,
     LLaDAGenerationConfig,
     _filter_is_set,
     check_contract,
+    check_ids,
+    left_pad,
 )
-from .generation_parts import (
-    CONFIDENCE_RULES,
-    SamplerParts,
-    StepView,
-    as_list,
-    classifier_free_guidance,
-    estimate_step_bytes,
-    sample_tokens,
-    select_topk,
-    transfer_schedule,
-)
+from .generation_parts import CONFIDENCE_RULES, SamplerParts, StepView, as_list, estimate_step_bytes  # noqa: F401
 
 #: 8B special ids; used only when the model's vocabulary is the 8B one and its config does not name them.
 LLADA_8B_VOCAB, LLADA_8B_MASK, LLADA_8B_EOT = 126464, 126336, 126348
@@ -64,8 +54,7 @@ class DiffusionGenerateOutput(ModelOutput):
 
 
 class StepInput(NamedTuple):
-    """Tensors of the active rows: canvas, padding mask, fixed columns; with revision the commit-time probabilities
-    and the remask budget (else None)."""
+    """The active rows' canvas, padding mask, fixed columns; with revision the commit probabilities and budget."""
 
     x: torch.Tensor
     attention_mask: torch.Tensor | None
@@ -75,8 +64,7 @@ class StepInput(NamedTuple):
 
 
 class StepOutput(NamedTuple):
-    """The window's new tokens; with revision its commit probabilities, the budget left and the re-masked counts
-    (else None); raw and processed logits."""
+    """The window's new tokens; with revision its commit probabilities, budget left, re-masked counts; logits."""
 
     x_window: torch.Tensor
     committed_window: torch.Tensor | None
@@ -112,6 +100,12 @@ class DiffusionState:
         mask = self.attention_mask[rows] if self.attention_mask is not None else None
         committed, budget = (self.committed[rows], self.budget[rows]) if revision else (None, None)
         return StepInput(self.x[rows], mask, self.prompt_index[rows], committed, budget)
+
+    def count(self, step: int) -> int | torch.Tensor | None:
+        """The step's commit count: one host int for every row (no sync), or per row plus the re-masked extra."""
+        if self.schedule is None or isinstance(self.schedule, list):
+            return None if self.schedule is None else self.schedule[step]
+        return self.schedule[:, step] + self.extra
 
     def drop(self, finished: torch.Tensor, doubled: bool) -> None:
         """Rows that finished leave the batch (and the cache; `doubled`: the cache holds the CFG pair's rows)."""
@@ -272,8 +266,8 @@ class DiffusionGenerationMixin:
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}.")
         device = self._diffusion_device(input_ids)
-        input_ids, attention_mask = _check_ids(input_ids, attention_mask, device)
-        input_ids, attention_mask = _left_pad(input_ids, attention_mask)
+        input_ids, attention_mask = check_ids(input_ids, attention_mask, device)
+        input_ids, attention_mask = left_pad(input_ids, attention_mask)
         prompt_len = input_ids.shape[1]
         if config.max_new_tokens is None:
             config.max_new_tokens = config.max_length - prompt_len
@@ -291,7 +285,7 @@ class DiffusionGenerationMixin:
             criteria.append(StopStringCriteria(tokenizer, config.stop_strings))
         parts = config.sampler_parts(logits_processor, criteria)
         layout = parts.layout
-        merged = streamer is not None or config.return_dict_in_generate or config.output_history
+        merged = streamer is not None or config.return_dict_in_generate or config.output_history  # not mergeable
         groups = layout.groups(attention_mask) if attention_mask is not None else None
         if groups is not None and not merged:  # one call per block alignment, in row order
             out = {}
@@ -310,10 +304,9 @@ class DiffusionGenerationMixin:
                 "not get their alone answers. Pad to a multiple of block_length.",
                 stacklevel=3,
             )
-        if config.num_return_sequences and config.num_return_sequences > 1:
-            input_ids = input_ids.repeat_interleave(config.num_return_sequences, dim=0)
-            if attention_mask is not None:
-                attention_mask = attention_mask.repeat_interleave(config.num_return_sequences, dim=0)
+        if (copies := config.num_return_sequences or 1) > 1:
+            input_ids = input_ids.repeat_interleave(copies, dim=0)
+            attention_mask = attention_mask.repeat_interleave(copies, dim=0) if attention_mask is not None else None
         batch, mask_id = input_ids.shape[0], config.mask_token_id
         length = layout.canvas_length(prompt_len, config.max_new_tokens)
         window = layout.logits_width(prompt_len, length)
@@ -360,13 +353,7 @@ class DiffusionGenerationMixin:
                 rows = state.rows
                 last = parts.selection.last_step(block, step)
                 view = layout.view(block, step, length, prompt_len, k_max, last)
-                k = None
-                if state.schedule is not None:  # one count for every row (host int), or per row (device tensor)
-                    k = (
-                        state.schedule[step]
-                        if isinstance(state.schedule, list)
-                        else state.schedule[:, step] + state.extra
-                    )
+                k = state.count(step)
                 noise = (
                     parts.proposal.draw(rows.numel(), length, view, vocab, device, generator),
                     parts.confidence.draw(rows.numel(), length, view, device, generator),
@@ -475,58 +462,6 @@ class DiffusionGenerationMixin:
         return compiled[mode]
 
 
-def _left_pad(input_ids, attention_mask):
-    """(ids, mask), with right-padded rows moved to the left-padded layout (warned)."""
-    if attention_mask is None or input_ids.shape[1] == 0:
-        return input_ids, attention_mask
-    mask = attention_mask.bool()
-    right_padded = (mask[:, :-1] & ~mask[:, 1:]).any(-1)
-    if not bool(right_padded.any()):
-        return input_ids, attention_mask
-    if bool(((~mask[:, :-1]) & mask[:, 1:] & right_padded[:, None]).any()):
-        raise ValueError("attention_mask has padding inside the prompt; pad on the left (padding_side='left').")
-    warnings.warn(
-        "Right padding detected: the prompts are moved to the left-padded layout (the output's prompt columns are "
-        "left-padded). Use tokenizer.padding_side = 'left' to avoid this.",
-        stacklevel=3,
-    )
-    shift = (~mask).sum(-1, keepdim=True)
-    index = (torch.arange(mask.shape[1], device=mask.device)[None, :] - shift) % mask.shape[1]
-    return input_ids.gather(1, index), attention_mask.gather(1, index)
-
-
-def _check_ids(input_ids, attention_mask, device):
-    """Accept what transformers accepts (any integer dtype, 1-D = one row); name the argument otherwise."""
-    if input_ids is None:
-        input_ids = torch.empty((1, 0), dtype=torch.long, device=device)
-    if not isinstance(input_ids, torch.Tensor):
-        raise TypeError(
-            f"input_ids must be a torch.LongTensor, got {type(input_ids).__name__}; "
-            "use tokenizer(..., return_tensors='pt')."
-        )
-    if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
-        raise TypeError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}.")
-    if input_ids.dim() == 1:
-        input_ids = input_ids[None]
-    if input_ids.dim() != 2:
-        raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}.")
-    input_ids = input_ids.to(device=device, dtype=torch.long)
-    if attention_mask is not None:
-        if not isinstance(attention_mask, torch.Tensor):
-            raise TypeError(f"attention_mask must be a tensor, got {type(attention_mask).__name__}.")
-        if attention_mask.dim() == 1:
-            attention_mask = attention_mask[None]
-        if attention_mask.shape != input_ids.shape:
-            raise ValueError(
-                f"attention_mask shape {tuple(attention_mask.shape)} != input_ids {tuple(input_ids.shape)}."
-            )
-        if attention_mask.numel() and not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
-            bad = attention_mask[(attention_mask != 0) & (attention_mask != 1)][0].item()
-            raise ValueError(f"attention_mask must hold 0/1 values (1: token, 0: padding), got {bad}.")
-        attention_mask = attention_mask.to(device=device, dtype=torch.long)
-    return input_ids, attention_mask
-
-
 def _available_bytes(device: torch.device) -> int | None:
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
@@ -560,20 +495,3 @@ class _Stream:
     def finish(self, x: torch.LongTensor) -> None:
         self.update(x, draft=False)
         self.streamer.end()
-
-
-__all__ = [
-    "CONFIDENCE_RULES",
-    "HONOURED_FIELDS",
-    "REJECTED_FIELDS",
-    "DiffusionGenerateOutput",
-    "DiffusionGenerationMixin",
-    "DiffusionSampler",
-    "DiffusionState",
-    "LLaDAGenerationConfig",
-    "classifier_free_guidance",
-    "estimate_step_bytes",
-    "sample_tokens",
-    "select_topk",
-    "transfer_schedule",
-]

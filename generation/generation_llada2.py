@@ -1,33 +1,19 @@
-"""The LLaDA2.0 sampler as parts of the diffusion engine: `LLaDA2GenerationConfig.sampler_parts()` chooses them.
+"""The LLaDA2.0 sampler as parts of the diffusion engine, chosen by `LLaDA2GenerationConfig.sampler_parts()`.
 
-The official sampler (the `generate()` of the hub `modeling_llada2_moe.py`) differs from the LLaDA-8B one:
+How the official sampler (the hub `modeling_llada2_moe.py` `generate()`) differs from LLaDA-8B's, part by part:
 
-* Layout (`AbsoluteBlocks`): blocks aligned to absolute positions (block b covers columns [b * block_length,
-  (b + 1) * block_length) of a canvas rounded up to whole blocks; the first block holds the prompt's tail);
-  block-causal attention, each step runs the prefix up to the current block's end; logits on the block.
-* Selection (`CountThresholdSelection`): `steps` per block, capped at `max_new_tokens // minimal_topk`; step s
-  commits the count schedule's n_s tokens, or, when more than n_s masked columns have confidence > `threshold`, all
-  of those; a block ends after `steps` steps or when it has no mask.
-* Proposal (`LLaDA2Proposal`): a multinomial draw from softmax(logits / temperature) after `top_k` then `top_p`;
-  the confidence is the drawn token's probability under that same distribution.
-* Stopping (`LLaDA2Stop`): after each block, rows whose answer holds an EOS stop; finalisation cuts after it.
-
-The exact block KV cache (`block_cache=True`, default; `False` recomputes the prefix every step, as the official
-code): under block-causal attention a finished block's keys/values never change, so a transformers `DynamicCache`
-keeps them: the first step of a block runs the previous block (now finished) and the current one, every other step
-the current block alone; the current block's keys are cropped after each forward. Same tokens as uncached (tested).
-
-Left-padded batches (default mode): one call's block grid is aligned at column 0 of the padded canvas, so a row sees
-the grid it has alone only when its padding is a whole number of blocks; `AbsoluteBlocks.groups` splits the batch by
-padding % block_length and generate() runs one call per group (see generate(), step 1).
-
-`official=False` (default) does what users mean: greedy at temperature 0, the engine's processors and warpers, any
-batch with left padding, and `sequences` = prompt + `max_new_tokens` columns padded after each row's first EOS.
-`official=True` reproduces the hub `generate()` token for token (batch 1), quirks included: temperature 0 still
-samples, and the return value is the official one (the new tokens cut after the first EOS; with `early_stop=True`,
-the official `eos_early_stop`, an EOS committed mid-block with no mask before it returns `canvas[:, :eos + 1]`, the
-prompt included). Official keyword names: `gen_length` -> `max_new_tokens`, `eos_id` -> `eos_token_id`, `mask_id`
--> `mask_token_id`, `eos_early_stop` -> `early_stop`.
+* layout (`AbsoluteBlocks`): blocks on the absolute grid [b * block_length, (b + 1) * block_length) of a canvas
+  rounded up to whole blocks (the first holds the prompt's tail); block-causal attention over the prefix up to the
+  block's end; the exact block cache (`block_cache=True`): a finished block's keys never change under block-causal
+  attention, so a `DynamicCache` keeps them (the current block's are cropped after each forward); same tokens as
+  uncached. A left-padded batch is split by padding % block_length (`groups`): each row gets its alone grid.
+* proposal (`LLaDA2Proposal`): multinomial from softmax(logits / T) after top_k then top_p; confidence: the drawn
+  token's probability. selection (`CountThresholdSelection`): `steps` per block (capped at max_new_tokens //
+  minimal_topk), the count schedule, or every column above `threshold` when they are at least the count.
+* stopping/finalisation (`LLaDA2Stop`): rows whose answer holds an EOS stop after each block; `sequences` is prompt +
+  `max_new_tokens` padded after the first EOS. `official=True` reproduces the hub `generate()` token for token
+  (batch 1, quirks included: temperature 0 still samples; it returns the new tokens cut after the first EOS, or
+  with `early_stop` (`eos_early_stop`) `canvas[:, :eos + 1]`, prompt included, on an EOS committed mid-block).
 """
 
 import torch
@@ -65,12 +51,7 @@ class LLaDA2GenerationConfig(LLaDAGenerationConfig):
 
     _diffusion_defaults = {
         **LLaDAGenerationConfig._diffusion_defaults,
-        "steps": 32,
-        "block_length": 32,
-        "threshold": 0.95,
-        "minimal_topk": 1,
-        "official": False,
-        "block_cache": True,
+        **dict(steps=32, block_length=32, threshold=0.95, minimal_topk=1, official=False, block_cache=True),
     }
 
     def validate(self, strict: bool = False, user_set_attributes: set[str] | None = None):
@@ -325,14 +306,3 @@ class LLaDA2GenerationMixin(DiffusionGenerationMixin):
     """The engine's `generate()` with LLaDA2's generation config (which chooses its parts)."""
 
     diffusion_config_class = LLaDA2GenerationConfig  # also for a saved generation_config.json
-
-
-__all__ = [
-    "AbsoluteBlocks",
-    "LLaDA2GenerationConfig",
-    "LLaDA2GenerationMixin",
-    "LLaDA2Proposal",
-    "block_causal_mask",
-    "official_top_k",
-    "official_top_p",
-]
