@@ -242,6 +242,7 @@ class DiffusionGenerationMixin:
         generator: torch.Generator | None = None,
         logits_processor: LogitsProcessorList | None = None,
         stopping_criteria: StoppingCriteriaList | None = None,
+        sampler_parts: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> torch.LongTensor | DiffusionGenerateOutput:
         """Fill `max_new_tokens` masks after the prompt by iterative unmasking; returns prompt + answer.
@@ -258,6 +259,7 @@ class DiffusionGenerationMixin:
         `infill=True`, mask tokens inside `inputs` are filled too and everything else stays fixed. `generator`
         replaces the global RNG; `logits_processor` sees the current canvas as `input_ids` and the scored columns'
         logits as rows; `stopping_criteria` / `stop_strings` are checked on the final prefix of each row.
+        `sampler_parts` replaces parts of the config's choice by name (e.g. `{"selection": MyRule()}`).
         """
         # 1. Prepare
         input_ids = inputs if inputs is not None else kwargs.pop("input_ids", None)
@@ -283,7 +285,7 @@ class DiffusionGenerationMixin:
             if tokenizer is None:
                 raise ValueError("stop_strings needs the tokenizer: generate(..., tokenizer=tokenizer).")
             criteria.append(StopStringCriteria(tokenizer, config.stop_strings))
-        parts = config.sampler_parts(logits_processor, criteria)
+        parts = config.sampler_parts(logits_processor, criteria)._replace(**(sampler_parts or {}))
         layout = parts.layout
         merged = streamer is not None or config.return_dict_in_generate or config.output_history  # not mergeable
         groups = layout.groups(attention_mask) if attention_mask is not None else None
@@ -292,7 +294,7 @@ class DiffusionGenerationMixin:
             for residue, rows in groups:
                 one = self.generate(input_ids[rows, residue:], config, attention_mask[rows, residue:],
                                     generator=generator, logits_processor=logits_processor,
-                                    stopping_criteria=stopping_criteria, tokenizer=tokenizer)  # fmt: skip
+                                    stopping_criteria=stopping_criteria, sampler_parts=sampler_parts, tokenizer=tokenizer)  # fmt: skip
                 copies = one.shape[0] // len(rows)  # num_return_sequences
                 prefix = input_ids[rows, :residue].repeat_interleave(copies, dim=0).to(one.device)
                 out.update(zip(rows.tolist(), torch.cat([prefix, one], dim=1).view(len(rows), copies, -1)))
