@@ -293,8 +293,8 @@ class DiffusionGenerationMixin:
             out = {}
             for residue, rows in groups:
                 one = self.generate(input_ids[rows, residue:], config, attention_mask[rows, residue:],
-                                    generator=generator, logits_processor=logits_processor,
-                                    stopping_criteria=stopping_criteria, sampler_parts=sampler_parts, tokenizer=tokenizer)  # fmt: skip
+                                    generator=generator, logits_processor=logits_processor, tokenizer=tokenizer,
+                                    stopping_criteria=stopping_criteria, sampler_parts=sampler_parts)  # fmt: skip
                 copies = one.shape[0] // len(rows)  # num_return_sequences
                 prefix = input_ids[rows, :residue].repeat_interleave(copies, dim=0).to(one.device)
                 out.update(zip(rows.tolist(), torch.cat([prefix, one], dim=1).view(len(rows), copies, -1)))

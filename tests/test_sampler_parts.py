@@ -33,11 +33,12 @@ def test_a_toy_selection_rule_runs_through_generate():
         sampler_parts={"selection": RightToLeft()},
     )  # fmt: skip
     assert out.nfe == gen  # one token per step
-    committed = [(before != after).nonzero()[:, 1].tolist() for before, after in zip(
-        [torch.cat([prompt, torch.full((1, gen), MASK)], 1), *out.history[:-1]], out.history, strict=True)]  # fmt: skip
+    start = torch.cat([prompt, torch.full((1, gen), MASK)], 1)
+    before = [start, *out.history[:-1]]
+    committed = [(b != a).nonzero()[:, 1].tolist() for b, a in zip(before, out.history, strict=True)]
     assert committed == [[c] for c in (6, 5, 4, 3, 10, 9, 8, 7)]  # right to left within each block, blocks in order
     # Independent route: the same order by hand, one forward and one argmax per step.
-    x = torch.cat([prompt, torch.full((1, gen), MASK)], 1)
+    x = start.clone()
     for column in (6, 5, 4, 3, 10, 9, 8, 7):
         x[0, column] = model(x).logits[0, column].argmax()
     assert torch.equal(out.sequences, x)
