@@ -353,7 +353,7 @@ class DiffusionGenerationMixin:
             while parts.selection.open(state.x[state.rows], block, step):
                 # 3a-f. One step on the active rows
                 rows = state.rows
-                last = parts.selection.last_step(block, step)
+                last = state.schedule is not None and step == block.steps - 1  # no revision after the last count
                 view = layout.view(block, step, length, prompt_len, k_max, last)
                 k = state.count(step)
                 noise = (

@@ -165,9 +165,6 @@ class CountThresholdSelection:
     def open(self, x: torch.Tensor, block: Block, step: int) -> bool:
         return step < block.steps and bool((x[:, block.start : block.end] == self.mask_id).any())
 
-    def last_step(self, block: Block, step: int) -> bool:
-        return False
-
     def select(self, confidence: torch.Tensor, k, view: StepView, length: int) -> torch.Tensor:
         candidates = confidence > -torch.inf
         above = candidates & (confidence > self.threshold) if self.threshold is not None else candidates & False

@@ -336,9 +336,6 @@ class ScheduleSelection:
     def open(self, x: torch.Tensor, block: Block, step: int) -> bool:
         return step < block.steps
 
-    def last_step(self, block: Block, step: int) -> bool:
-        return step == block.steps - 1
-
     def select(self, confidence: torch.Tensor, k, view: StepView, length: int) -> torch.Tensor:
         start, end = view.window
         if (start, end) == (0, length):
@@ -360,9 +357,6 @@ class ThresholdSelection(ScheduleSelection):
 
     def open(self, x, block, step) -> bool:
         return bool((x[:, : block.end] == self.mask_id).any())
-
-    def last_step(self, block, step) -> bool:
-        return False
 
     def select(self, confidence, k, view, length) -> torch.Tensor:
         return select_count(confidence, ((confidence >= self.threshold) & (confidence > -torch.inf)).sum(-1))
@@ -387,19 +381,17 @@ class RemaskRevision:
     was below `threshold` go back to mask (at most `budget` per row and block); the next step commits as many more."""
 
     def __init__(self, config) -> None:
-        self.budget, self.threshold, self.per_step = (
-            config.remask_budget,
+        self.threshold, self.per_step, self.mask_id = (
             config.remask_threshold,
             config.remask_per_step,
+            config.mask_token_id,
         )
-        self.mask_id = config.mask_token_id
 
     def revise(self, inp, transfer, x0, scores, new_window, view: StepView) -> tuple:
         """(window, commit probabilities, budget left, re-masked per row)."""
         start, end = view.window
-        committed = torch.where(
-            transfer, low_confidence(scores, x0).float(), inp.committed.narrow(1, start, end - start)
-        )
+        committed = inp.committed.narrow(1, start, end - start)
+        committed = torch.where(transfer, low_confidence(scores, x0).float(), committed)
         budget, remasked = inp.budget, torch.zeros_like(inp.budget)
         if view.allow_remask:
             columns = torch.arange(start, end, device=x0.device)[None, :]

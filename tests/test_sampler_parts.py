@@ -16,9 +16,6 @@ class RightToLeft:
     def open(self, x, block, step):
         return bool((x[:, block.start : block.end] == MASK).any())
 
-    def last_step(self, block, step):
-        return False
-
     def select(self, confidence, k, view, length):
         candidates = confidence > -torch.inf
         columns = torch.arange(confidence.shape[1])
