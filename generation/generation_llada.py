@@ -287,7 +287,13 @@ class DiffusionGenerationMixin:
             criteria.append(StopStringCriteria(tokenizer, config.stop_strings))
         parts = config.sampler_parts(logits_processor, criteria)._replace(**(sampler_parts or {}))
         layout = parts.layout
-        merged = streamer is not None or config.return_dict_in_generate or config.output_history  # not mergeable
+        unmergeable = (
+            config.return_dict_in_generate,
+            config.output_history,
+            config.output_scores,
+            config.output_logits,
+        )
+        merged = streamer is not None or any(unmergeable)  # outputs the per-group calls could not merge
         groups = layout.groups(attention_mask) if attention_mask is not None else None
         if groups is not None and not merged:  # one call per block alignment, in row order
             out = {}
