@@ -41,3 +41,28 @@ def test_a_toy_selection_rule_runs_through_generate():
     assert torch.equal(out.sequences, x)
     default = model.generate(prompt, max_new_tokens=gen, block_length=4)
     assert not torch.equal(default, x)  # the rule changed the result (the default commits by confidence)
+
+
+def test_window_cache_is_a_transformers_cache_written_in_place():
+    """The Fast-dLLM cache's buffers are allocated at the refresh and written in place by cached steps and later
+    refreshes (static shapes: what a CUDA-graph capture of the cached step needs)."""
+    from llada_hf.generation.generation_layout import DiffusionKVCache
+    from transformers.cache_utils import Cache
+
+    model, ids = tiny_model(seed=2), torch.randint(0, 1000, (2, 24))
+    cache = DiffusionKVCache()
+    assert isinstance(cache, Cache)
+    cache.begin(refresh=True, start=0, end=24)
+    model(ids, past_key_values=cache)
+    buffers = [(layer.keys.data_ptr(), layer.values.data_ptr()) for layer in cache.layers]
+    assert len(buffers) == model.config.num_hidden_layers
+    before = cache.layers[0].keys.clone()
+    cache.begin(refresh=False, start=8, end=16)
+    model(ids[:, 8:16], position_ids=torch.arange(8, 16)[None], past_key_values=cache)
+    after = cache.layers[0].keys
+    assert [(layer.keys.data_ptr(), layer.values.data_ptr()) for layer in cache.layers] == buffers
+    assert torch.equal(after[:, :, :8], before[:, :, :8]) and torch.equal(after[:, :, 16:], before[:, :, 16:])
+    cache.begin(refresh=True, start=0, end=24)
+    model(ids, past_key_values=cache)
+    assert [(layer.keys.data_ptr(), layer.values.data_ptr()) for layer in cache.layers] == buffers
+    assert torch.equal(cache.layers[0].keys, before)  # a refresh of the same canvas restores the same keys
