@@ -107,8 +107,10 @@ class DiffusionState:
             return None if self.schedule is None else self.schedule[step]
         return self.schedule[:, step] + self.extra
 
-    def drop(self, finished: torch.Tensor, doubled: bool) -> None:
+    def drop(self, finished: torch.Tensor | None, doubled: bool) -> None:
         """Rows that finished leave the batch (and the cache; `doubled`: the cache holds the CFG pair's rows)."""
+        if finished is None or not bool(finished.any()):
+            return
         keep = ~finished
         if self.cache is not None:
             kept = keep.nonzero().flatten()
@@ -287,13 +289,8 @@ class DiffusionGenerationMixin:
             criteria.append(StopStringCriteria(tokenizer, config.stop_strings))
         parts = config.sampler_parts(logits_processor, criteria)._replace(**(sampler_parts or {}))
         layout = parts.layout
-        unmergeable = (
-            config.return_dict_in_generate,
-            config.output_history,
-            config.output_scores,
-            config.output_logits,
-        )
-        merged = streamer is not None or any(unmergeable)  # outputs the per-group calls could not merge
+        unmergeable = ("return_dict_in_generate", "output_history", "output_scores", "output_logits")
+        merged = streamer is not None or any(getattr(config, name) for name in unmergeable)  # per-group: not merged
         groups = layout.groups(attention_mask) if attention_mask is not None else None
         if groups is not None and not merged:  # one call per block alignment, in row order
             out = {}
@@ -356,7 +353,7 @@ class DiffusionGenerationMixin:
             if revising:
                 state.budget[state.rows] = config.remask_budget
             step = 0
-            while parts.selection.open(state.x[state.rows], block, step):
+            while parts.selection.open(state, block, step):
                 # 3a-f. One step on the active rows
                 rows = state.rows
                 last = state.schedule is not None and step == block.steps - 1  # no revision after the last count
@@ -381,14 +378,11 @@ class DiffusionGenerationMixin:
                 if stream is not None:
                     stream.update(state.x)
                 # 3g. Stop rows that are final
-                finished = parts.stopping.after_step(state, inp.x.narrow(1, start, end - start), view)
-                if finished is not None and bool(finished.any()):
-                    state.drop(finished, doubled)
+                state.drop(parts.stopping.after_step(state, inp.x.narrow(1, start, end - start), view), doubled)
                 if state.rows.numel() == 0:
                     break
-            finished = parts.stopping.after_block(state, block) if state.rows.numel() else None
-            if finished is not None and bool(finished.any()):
-                state.drop(finished, doubled)
+            if state.rows.numel():
+                state.drop(parts.stopping.after_block(state, block), doubled)
 
         # 4. Return
         if stream is not None:

@@ -162,8 +162,8 @@ class CountThresholdSelection:
         counts = transfer_schedule(torch.tensor([block.end - block.start]), block.steps)[0].tolist()
         return counts, max(counts)
 
-    def open(self, x: torch.Tensor, block: Block, step: int) -> bool:
-        return step < block.steps and bool((x[:, block.start : block.end] == self.mask_id).any())
+    def open(self, state, block: Block, step: int) -> bool:
+        return step < block.steps and bool((state.x[state.rows, block.start : block.end] == self.mask_id).any())
 
     def select(self, confidence: torch.Tensor, k, view: StepView, length: int) -> torch.Tensor:
         candidates = confidence > -torch.inf

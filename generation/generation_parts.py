@@ -333,7 +333,8 @@ class ScheduleSelection:
             k_max += self.extra_per_step
         return schedule, min(k_max, length)
 
-    def open(self, x: torch.Tensor, block: Block, step: int) -> bool:
+    def open(self, state, block: Block, step: int) -> bool:
+        """Whether the block takes another step (a predicate: reads the state, changes nothing)."""
         return step < block.steps
 
     def select(self, confidence: torch.Tensor, k, view: StepView, length: int) -> torch.Tensor:
@@ -355,8 +356,8 @@ class ThresholdSelection(ScheduleSelection):
     def schedule(self, x, block, length) -> tuple:
         return None, 0
 
-    def open(self, x, block, step) -> bool:
-        return bool((x[:, : block.end] == self.mask_id).any())
+    def open(self, state, block, step) -> bool:
+        return bool((state.x[state.rows, : block.end] == self.mask_id).any())
 
     def select(self, confidence, k, view, length) -> torch.Tensor:
         return select_count(confidence, ((confidence >= self.threshold) & (confidence > -torch.inf)).sum(-1))

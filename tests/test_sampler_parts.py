@@ -13,8 +13,8 @@ class RightToLeft:
     def schedule(self, x, block, length):
         return None, 0  # no count schedule
 
-    def open(self, x, block, step):
-        return bool((x[:, block.start : block.end] == MASK).any())
+    def open(self, state, block, step):
+        return bool((state.x[state.rows, block.start : block.end] == MASK).any())
 
     def select(self, confidence, k, view, length):
         candidates = confidence > -torch.inf
