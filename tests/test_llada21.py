@@ -197,3 +197,23 @@ def test_generation_config_round_trip(tmp_path):
     config.save_pretrained(tmp_path)
     loaded = LLaDA2GenerationConfig.from_pretrained(tmp_path)
     assert (loaded.sampler, loaded.editing_threshold, loaded.max_post_steps) == ("llada2.1", 0.5, 16)
+
+
+def test_stopping_criteria_see_only_finished_blocks(model):
+    """A criterion firing on a token of the current block would cut an answer that editing may still change: it
+    fires only once the block is finished, so the kept prefix is exactly the unstopped answer's."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    kwargs = dict(max_new_tokens=24, block_length=8, sampler="llada2.1", **S)
+    full = model.generate(torch.tensor([PROMPT]), **kwargs)[0].tolist()
+    answer = full[len(PROMPT) :]
+    token = answer[9]  # in the second block
+
+    class Seen(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return (input_ids[:, len(PROMPT) :] == token).any(-1)
+
+    stopped = model.generate(torch.tensor([PROMPT]), stopping_criteria=StoppingCriteriaList([Seen()]), **kwargs)
+    cut = answer.index(token) + 1
+    assert stopped[0, len(PROMPT) : len(PROMPT) + cut].tolist() == answer[:cut]
+    assert stopped[0, len(PROMPT) + cut :].tolist() == [EOS] * (len(answer) - cut)
