@@ -223,6 +223,10 @@ class LLaDAConfig(PreTrainedConfig):
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
+    @property
+    def rotary_dim(self) -> int:
+        return self.head_dim
+
 
 def _ids(value) -> list[int]:
     """A special-id field (None, an id or a list of ids) as a list."""
