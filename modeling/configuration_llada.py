@@ -50,6 +50,21 @@ class LLaDAFamilyConfig(PreTrainedConfig):
     int_fields = {}
     required_keys = ()
 
+    # Fields with the same meaning in every family; these defaults are LLaDA2.0-mini's / LLaDA-MoE's.
+    vocab_size: int = 157184
+    hidden_size: int = 2048
+    num_attention_heads: int = 16
+    num_key_value_heads: int | None = None
+    hidden_act: str = "silu"
+    max_position_embeddings: int = 4096
+    initializer_range: float = 0.02
+    rms_norm_eps: float = 1e-6
+    attention_dropout: float = 0.0
+    mask_token_id: int | None = 156895
+    bos_token_id: int | None = None
+    tie_word_embeddings: bool = False
+    use_cache: bool = False
+
     def __post_init__(self, **kwargs):
         # Official keys first (`n_heads=4` arrives in kwargs): the defaults derived below must see their values.
         for alias, standard in self.attribute_map.items():
@@ -183,21 +198,13 @@ class LLaDAConfig(LLaDAFamilyConfig):
     intermediate_size: int = 12288
     num_hidden_layers: int = 32
     num_attention_heads: int = 32
-    num_key_value_heads: int | None = None
-    hidden_act: str = "silu"
-    max_position_embeddings: int = 4096
-    initializer_range: float = 0.02
     rms_norm_eps: float = 1e-5
     rope_theta: float = 500000.0
     attention_bias: bool = False
-    attention_dropout: float = 0.0
     embedding_size: int | None = None
     mask_token_id: int | None = 126336
     pad_token_id: int | None = 126081
-    bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = 126081
-    tie_word_embeddings: bool = False
-    use_cache: bool = False
 
     def derive_defaults(self, kwargs: dict) -> None:
         if self.embedding_size is None:
@@ -254,22 +261,13 @@ class LLaDAMoEConfig(LLaDAFamilyConfig):
     required_keys = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_experts",
                      "expert_intermediate_size")  # fmt: skip
 
-    vocab_size: int = 157184
-    hidden_size: int = 2048
     dense_intermediate_size: int = 8192
     expert_intermediate_size: int = 1024
     shared_expert_intermediate_size: int | None = None
     num_hidden_layers: int = 16
-    num_attention_heads: int = 16
-    num_key_value_heads: int | None = None
-    hidden_act: str = "silu"
-    max_position_embeddings: int = 4096
-    initializer_range: float = 0.02
-    rms_norm_eps: float = 1e-6
     rope_theta: float = 50000.0
     partial_rotary_factor: float = 1.0
     attention_bias: bool = False
-    attention_dropout: float = 0.0
     clip_qkv: float | None = None
     qk_layernorm: bool = True
     moe_layer_freq: int | list[int] = 1
@@ -283,12 +281,8 @@ class LLaDAMoEConfig(LLaDAFamilyConfig):
     router_topk_group: int | None = None
     router_aux_loss_coef: float = 0.01
     output_router_logits: bool = False
-    mask_token_id: int | None = 156895
     pad_token_id: int | None = None
-    bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
-    tie_word_embeddings: bool = False
-    use_cache: bool = False
 
     def derive_defaults(self, kwargs: dict) -> None:
         if isinstance(self.moe_layer_freq, int):

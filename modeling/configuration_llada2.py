@@ -50,24 +50,17 @@ class LLaDA2MoeConfig(LLaDAFamilyConfig):
     required_keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                      "num_experts", "moe_intermediate_size")  # fmt: skip
 
-    vocab_size: int = 157184
-    hidden_size: int = 2048
     intermediate_size: int = 5120
     num_hidden_layers: int = 20
-    num_attention_heads: int = 16
     num_key_value_heads: int | None = 4
     head_dim: int | None = 128
-    hidden_act: str = "silu"
     max_position_embeddings: int = 32768
-    initializer_range: float = 0.02
-    rms_norm_eps: float = 1e-6
     rope_theta: float = 600000.0
     partial_rotary_factor: float = 0.5
     rotary_dim: int | None = None
     use_qkv_bias: bool = False
     use_bias: bool = False
     use_qk_norm: bool = True
-    attention_dropout: float = 0.0
     embedding_dropout: float = 0.0
     output_dropout: float = 0.0
     num_experts: int = 256
@@ -84,12 +77,8 @@ class LLaDA2MoeConfig(LLaDAFamilyConfig):
     first_k_dense_replace: int = 1
     output_router_logits: bool = False
     router_aux_loss_coef: float = 0.001
-    mask_token_id: int | None = 156895
     pad_token_id: int | None = 156892
-    bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = 156892
-    tie_word_embeddings: bool = False
-    use_cache: bool = False
 
     def derive_defaults(self, kwargs: dict) -> None:
         if self.head_dim is None:

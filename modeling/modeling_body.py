@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 from transformers import initialization as init
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -25,6 +25,8 @@ from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs, can_return_tuple
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
+
+Tables = tuple[Tensor, Tensor]  # RoPE (cos, sin)
 
 
 class LLaDARMSNorm(nn.Module):
@@ -178,13 +180,8 @@ class LLaDAAttention(nn.Module):
         self.k_norm = LLaDARMSNorm(self.head_dim, eps=config.rms_norm_eps) if qk_norm else None
 
     def forward(
-        self,
-        hidden_states: torch.Tensor,
-        position_embeddings: tuple[torch.Tensor, torch.Tensor],
-        attention_mask: torch.Tensor | None = None,
-        past_key_values=None,
-        **kwargs: Unpack[TransformersKwargs],
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        self, hidden_states: Tensor, position_embeddings: Tables, attention_mask=None, past_key_values=None, **kwargs
+    ) -> tuple[Tensor, Tensor | None]:
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.head_dim)
         if self.qkv_proj is not None:
@@ -199,19 +196,10 @@ class LLaDAAttention(nn.Module):
         if past_key_values is not None:  # generation's caches: the keys/values of every canvas column they hold
             key, value = past_key_values.update(key, value, self.layer_idx)
 
-        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
-        )
-        attn_output, attn_weights = attention_interface(
-            self,
-            query,
-            key,
-            value,
-            attention_mask,
-            dropout=0.0 if not self.training else self.attention_dropout,
-            scaling=self.scaling,
-            is_causal=False,
-            **kwargs,
+        interface = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        dropout = self.attention_dropout if self.training else 0.0
+        attn_output, attn_weights = interface(
+            self, query, key, value, attention_mask, dropout=dropout, scaling=self.scaling, is_causal=False, **kwargs
         )
         attn_output = attn_output.reshape(*input_shape, -1).contiguous()
         return self.o_proj(attn_output), attn_weights
@@ -265,8 +253,9 @@ def run_experts(experts: nn.ModuleList, hidden_states, top_idx, top_weights) -> 
 
 
 class LLaDASparseMoeBlock(nn.Module):
-    """Router (`gate`), routed SwiGLU experts (`experts.{e}`), optional shared experts; a family gives `route` and
-    `probabilities` (the router probabilities of the auxiliary loss)."""
+    """Router (`gate`), routed SwiGLU experts (`experts.{e}`), optional shared experts. A family gives
+    `route(tokens) -> (router_logits, top-k ids, their weights)` and `probabilities(router_logits)` (the router
+    probabilities of the auxiliary loss)."""
 
     def __init__(self, config, gate: nn.Module, expert_size: int, shared_size: int | None = None) -> None:
         super().__init__()
@@ -274,14 +263,6 @@ class LLaDASparseMoeBlock(nn.Module):
         self.experts = nn.ModuleList([LLaDAMLP(config, expert_size) for _ in range(config.num_experts)])
         self.shared_experts = LLaDAMLP(config, shared_size) if shared_size else None
         self.routing = None  # a list while the LM collects router logits (`output_router_logits`)
-
-    def route(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(router_logits, top-k expert ids, their weights) for (tokens, hidden) inputs."""
-        raise NotImplementedError
-
-    @staticmethod
-    def probabilities(router_logits: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         shape = hidden_states.shape
@@ -320,20 +301,10 @@ class LLaDADecoderLayer(GradientCheckpointingLayer):
         self.post_attention_layernorm = LLaDARMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
     def forward(
-        self,
-        hidden_states: torch.Tensor,
-        position_embeddings: tuple[torch.Tensor, torch.Tensor],
-        attention_mask: torch.Tensor | None = None,
-        past_key_values=None,
-        **kwargs: Unpack[TransformersKwargs],
-    ) -> torch.Tensor:
-        attn_output, _ = self.self_attn(
-            self.input_layernorm(hidden_states),
-            position_embeddings,
-            attention_mask=attention_mask,
-            past_key_values=past_key_values,
-            **kwargs,
-        )
+        self, hidden_states: Tensor, position_embeddings: Tables, attention_mask=None, past_key_values=None, **kwargs
+    ) -> Tensor:
+        normed = self.input_layernorm(hidden_states)
+        attn_output, _ = self.self_attn(normed, position_embeddings, attention_mask, past_key_values, **kwargs)
         hidden_states = hidden_states + attn_output
         normed = self.post_attention_layernorm(hidden_states)
         mlp_output = self.mlp(normed)
@@ -347,15 +318,11 @@ class MissingWeightsCheck:
     randomly and only log a report). Tied weights and non-persistent buffers (rotary tables) are not missing."""
 
     @classmethod
-    def from_pretrained(
-        cls, pretrained_model_name_or_path, *model_args, allow_missing_weights: bool = False, **kwargs
-    ):
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, allow_missing_weights: bool = False, **kwargs):
         """`allow_missing_weights=True` keeps transformers' behaviour (missing weights randomly initialised), e.g. to
         train a part the checkpoint does not have; `output_loading_info=True` still returns the report."""
         want_info = kwargs.pop("output_loading_info", False)
-        model, info = super().from_pretrained(
-            pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
-        )
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
         missing = sorted(info["missing_keys"])
         if missing and not allow_missing_weights:
             shown = ", ".join(missing[:10]) + (f", ... ({len(missing)} in all)" if len(missing) > 10 else "")
@@ -400,7 +367,7 @@ class LLaDAFamilyPreTrainedModel(MissingWeightsCheck, PreTrainedModel):
 
 
 class LLaDAFamilyModel(LLaDAFamilyPreTrainedModel):
-    """The transformer body: embeddings, bidirectional layers (`make_layer`, the family's), final norm."""
+    """The transformer body: embeddings, bidirectional layers (a family's `make_layer(config, layer_idx)`), norm."""
 
     rotary_class: type = LLaDAPartialRotaryEmbedding
 
@@ -412,9 +379,6 @@ class LLaDAFamilyModel(LLaDAFamilyPreTrainedModel):
         self.rotary_emb = self.rotary_class(config)
         self.gradient_checkpointing = False
         self.post_init()
-
-    def make_layer(self, config, layer_idx: int) -> LLaDADecoderLayer:
-        raise NotImplementedError
 
     @merge_with_config_defaults
     @capture_outputs
@@ -449,14 +413,9 @@ class LLaDAFamilyModel(LLaDAFamilyPreTrainedModel):
         mask = build_attention_mask(self.config, inputs_embeds, attention_mask)
         position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
         hidden_states = inputs_embeds
+        layer_kwargs = dict(position_embeddings=position_embeddings, attention_mask=mask, **kwargs)
         for decoder_layer in self.layers[: self.config.num_hidden_layers]:
-            hidden_states = decoder_layer(
-                hidden_states,
-                position_embeddings=position_embeddings,
-                attention_mask=mask,
-                past_key_values=past_key_values,
-                **kwargs,
-            )
+            hidden_states = decoder_layer(hidden_states, past_key_values=past_key_values, **layer_kwargs)
         return BaseModelOutput(last_hidden_state=self.norm(hidden_states))
 
 
@@ -523,15 +482,10 @@ class LLaDAFamilyModelLM(LLaDAFamilyPreTrainedModel):
         for block in blocks:
             block.routing = []
         try:
-            outputs = self.model(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                inputs_embeds=inputs_embeds,
-                past_key_values=past_key_values,
-                return_dict=True,
-                **kwargs,
+            inputs = dict(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, return_dict=True
             )
+            outputs = self.model(inputs_embeds=inputs_embeds, past_key_values=past_key_values, **inputs, **kwargs)
             routings = [record for block in blocks for record in block.routing]
         finally:
             for block in blocks:
@@ -543,22 +497,16 @@ class LLaDAFamilyModelLM(LLaDAFamilyPreTrainedModel):
             hidden_states = hidden_states[:, logits_to_keep]
         logits = self.lm_head(hidden_states)
         loss = masked_diffusion_loss(logits, labels, p_mask) if labels is not None else None
+        out = dict(loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions)
         if self.moe_block is None:
-            return MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
-                                  attentions=outputs.attentions)  # fmt: skip
+            return MaskedLMOutput(**out)
         aux_loss = None
         if routings:
             aux_loss = load_balancing_loss(routings, self.config.num_experts, self.moe_block.probabilities)
             if loss is not None:
-                loss = loss + self.config.router_aux_loss_coef * aux_loss.to(loss.device)
-        return MoeMaskedLMOutput(
-            loss=loss,
-            logits=logits,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            aux_loss=aux_loss,
-            router_logits=tuple(r for r, _ in routings) if output_router_logits else None,
-        )
+                out["loss"] = loss + self.config.router_aux_loss_coef * aux_loss.to(loss.device)
+        router_logits = tuple(r for r, _ in routings) if output_router_logits else None
+        return MoeMaskedLMOutput(**out, aux_loss=aux_loss, router_logits=router_logits)
 
     def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, **kwargs) -> dict:
         """Pass-through, so peft's `CAUSAL_LM` wrapper can be built around this model."""
