@@ -1,25 +1,29 @@
 """LLaDA-8B and LLaDA-MoE configurations, and the checks every family's config shares (`LLaDAFamilyConfig`).
 
-Both read their official `config.json` unchanged, and both say `model_type: "llada"`: `AutoConfig` maps "llada" to
-`LLaDAConfig`, whose `from_dict` builds a `LLaDAMoEConfig` instead when the dict's `architectures` name a LLaDA-MoE
-class or, without `architectures`, when it has LLaDA-MoE-only keys (`LLADA_MOE_ARCHITECTURES`, `LLADA_MOE_KEYS`).
-Switches of the official configs that would change the computation in a way this implementation does not reproduce
-are rejected, so a config these classes accept is one the model computes as the official code does.
+Both read their official `config.json` unchanged and say `model_type: "llada"`: `LLaDAConfig.from_dict` builds a
+`LLaDAMoEConfig` when the dict's `architectures` name a LLaDA-MoE class or, without `architectures`, when it has
+LLaDA-MoE-only keys (`LLADA_MOE_ARCHITECTURES`, `LLADA_MOE_KEYS`). Official switches this implementation does not
+compute are rejected, so an accepted config is one the model computes as the official code does.
 """
 
 from transformers.configuration_utils import PreTrainedConfig
 
 LLADA_MOE_ARCHITECTURES = ("LLaDAMoEModelLM", "LLaDAMoEModel")
 LLADA_MOE_KEYS = ("moe_layer_freq", "expert_intermediate_size", "moe_router_score_function")  # none is an 8B key
-_ATTENTION_TP_PLAN = {f"layers.*.self_attn.{name}_proj": "colwise" for name in "qkv"} | {
-    "layers.*.self_attn.o_proj": "rowwise"
-}
+# Integer fields every family has (each set one must be an int >= 1) and shape keys a checkpoint must give.
+_INT_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+               "max_position_embeddings")  # fmt: skip
+_REQUIRED_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
 
 
-def mlp_tp_plan(*prefixes: str) -> dict[str, str]:
-    """Tensor-parallel plan of the SwiGLU MLPs under these module prefixes."""
-    names = {"gate_proj": "colwise", "up_proj": "colwise", "down_proj": "rowwise"}
-    return {f"layers.*.{prefix}.{name}": style for prefix in prefixes for name, style in names.items()}
+def tp_plan(in_projections: str, *mlps: str) -> dict[str, str]:
+    """Tensor-parallel plan: the attention's input projections (`"qkv"` or `"q", "k", "v"`), `o_proj`, and the
+    SwiGLU MLPs under these module prefixes."""
+    plan = {f"layers.*.self_attn.{name}_proj": "colwise" for name in in_projections} | {
+        "layers.*.self_attn.o_proj": "rowwise"
+    }
+    styles = {"gate_proj": "colwise", "up_proj": "colwise", "down_proj": "rowwise"}
+    return plan | {f"layers.*.{prefix}.{name}": style for prefix in mlps for name, style in styles.items()}
 
 
 def _key_names(name: str, aliases: dict[str, str]) -> str:
@@ -28,17 +32,11 @@ def _key_names(name: str, aliases: dict[str, str]) -> str:
     return f"`{official[0]}` (`{name}`)" if official else f"`{name}`"
 
 
-def _ids(value) -> list[int]:
-    """A special-id field (None, an id or a list of ids) as a list."""
-    if value is None:
-        return []
-    return [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]
-
-
 class LLaDAFamilyConfig(PreTrainedConfig):
     """The checks of every family config: `supported_switches` (official switches with the only values supported),
-    `int_fields` (each set one an int >= its minimum), `required_keys` (shape keys a checkpoint's config.json must
-    give), then `derive_defaults` and `validate_architecture`. Errors name the field and its official alias."""
+    `int_fields` (besides the shared ones: each set one an int >= its minimum), `required_keys` (besides the shared
+    ones: shape keys a checkpoint's config.json must give), then `derive_defaults` and `validate_architecture`.
+    Errors name the field and its official alias."""
 
     keys_to_ignore_at_inference = ["past_key_values"]
     base_model_pp_plan = {
@@ -77,7 +75,7 @@ class LLaDAFamilyConfig(PreTrainedConfig):
             value = kwargs[key] if key in kwargs else getattr(self, key, allowed[0])
             if value not in allowed:
                 raise ValueError(f"{owner}: `{key}={value!r}` is not supported (supported: {allowed}).")
-        for name, low in self.int_fields.items():
+        for name, low in {**dict.fromkeys(_INT_FIELDS, 1), **self.int_fields}.items():
             value = getattr(self, name, None)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
                 kind = f" ({type(value).__name__})" if not isinstance(value, int) or isinstance(value, bool) else ""
@@ -99,16 +97,17 @@ class LLaDAFamilyConfig(PreTrainedConfig):
         shape key (a bare dict, e.g. `from_dict({"hidden_size": 64})`, keeps the class defaults for the others)."""
         if config_dict.get("architectures"):
             aliases, given = cls.attribute_map, set(config_dict) | set(kwargs)
+            required = _REQUIRED_KEYS + cls.required_keys
             missing = [
                 _key_names(name, aliases)
-                for name in cls.required_keys
+                for name in required
                 if name not in given and not any(alias in given for alias, std in aliases.items() if std == name)
             ]
             if missing:
                 raise ValueError(
                     f"{cls.__name__}: the checkpoint config (architectures {config_dict['architectures']}) is missing "
                     f"{', '.join(missing)}; a checkpoint's config.json must give every shape key "
-                    f"({', '.join(cls.required_keys)}): the class defaults would not match its weights."
+                    f"({', '.join(required)}): the class defaults would not match its weights."
                 )
         return super().from_dict(config_dict, **kwargs)
 
@@ -122,11 +121,14 @@ class LLaDAFamilyConfig(PreTrainedConfig):
                 raise ValueError(f"{a} ({getattr(self, a)}) must be divisible by {b} ({getattr(self, b)}).")
         if self.rotary_dim % 2 != 0 or not 0 < self.rotary_dim <= self.head_dim:
             raise ValueError(f"rotary_dim ({self.rotary_dim}) must be even and in (0, head_dim={self.head_dim}].")
+        special = {
+            name: getattr(self, name) for name in ("mask_token_id", "pad_token_id", "bos_token_id", "eos_token_id")
+        }
         outside = [
             f"{name} ({token_id})"
-            for name in ("mask_token_id", "pad_token_id", "bos_token_id", "eos_token_id")
-            for token_id in _ids(getattr(self, name, None))
-            if not 0 <= token_id < self.vocab_size
+            for name, value in special.items()
+            for token_id in (value if isinstance(value, (list, tuple)) else [value])
+            if token_id is not None and not 0 <= token_id < self.vocab_size
         ]
         if outside:
             raise ValueError(
@@ -136,6 +138,10 @@ class LLaDAFamilyConfig(PreTrainedConfig):
             )
         if self.mask_token_id is not None and self.mask_token_id == self.pad_token_id:
             raise ValueError(f"pad_token_id must differ from mask_token_id ({self.mask_token_id}).")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
 
     @property
     def rotary_dim(self) -> int:
@@ -167,31 +173,16 @@ class LLaDAConfig(LLaDAFamilyConfig):
         "max_sequence_length": "max_position_embeddings",
         "weight_tying": "tie_word_embeddings",
     }
-    base_model_tp_plan = _ATTENTION_TP_PLAN | mlp_tp_plan("mlp")
+    base_model_tp_plan = tp_plan("qkv", "mlp")
     supported_switches = {
-        "hidden_act": ("silu",),
-        "block_type": ("llama",),
-        "rope": (True,),
-        "alibi": (False,),
-        "layer_norm_type": ("rms",),
-        "layer_norm_with_affine": (True,),
-        "bias_for_layer_norm": (False, None),
-        "attention_layer_norm": (False,),
-        "include_bias": (False,),
-        "include_qkv_bias": (False, None),
-        "activation_type": ("silu", "swiglu"),
-        "block_group_size": (1,),
-        "input_emb_norm": (False,),
-        "scale_logits": (False,),
-        "rope_full_precision": (True,),
-        "multi_query_attention": (False, None),
-    }
-    int_fields = {
-        name: 1
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                     "num_key_value_heads", "max_position_embeddings", "embedding_size")
+        "hidden_act": ("silu",), "block_type": ("llama",), "rope": (True,), "alibi": (False,),
+        "layer_norm_type": ("rms",), "layer_norm_with_affine": (True,), "bias_for_layer_norm": (False, None),
+        "attention_layer_norm": (False,), "include_bias": (False,), "include_qkv_bias": (False, None),
+        "activation_type": ("silu", "swiglu"), "block_group_size": (1,), "input_emb_norm": (False,),
+        "scale_logits": (False,), "rope_full_precision": (True,), "multi_query_attention": (False, None),
     }  # fmt: skip
-    required_keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+    int_fields = {"intermediate_size": 1, "embedding_size": 1}
+    required_keys = ("intermediate_size",)
 
     vocab_size: int = 126464
     hidden_size: int = 4096
@@ -229,10 +220,6 @@ class LLaDAConfig(LLaDAFamilyConfig):
                 "the released checkpoints use equal sizes."
             )
 
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
-
 
 class LLaDAMoEConfig(LLaDAFamilyConfig):
     r"""Configuration of a LLaDA-MoE masked-diffusion transformer (OLMoE-shaped; `architectures` ["LLaDAMoEModelLM"]).
@@ -250,16 +237,13 @@ class LLaDAMoEConfig(LLaDAFamilyConfig):
     """
 
     model_type = "llada"
-    base_model_tp_plan = _ATTENTION_TP_PLAN | mlp_tp_plan("mlp", "mlp.experts.*", "shared_expert")
+    base_model_tp_plan = tp_plan("qkv", "mlp", "mlp.experts.*", "shared_expert")
     supported_switches = {"moe_router_score_function": ("softmax",), "clip_qkv": (None,), "hidden_act": ("silu",)}
-    int_fields = {
-        name: 1
-        for name in ("vocab_size", "hidden_size", "dense_intermediate_size", "expert_intermediate_size",
-                     "shared_expert_intermediate_size", "num_hidden_layers", "num_attention_heads",
-                     "num_key_value_heads", "max_position_embeddings", "num_experts", "num_experts_per_tok")
-    }  # fmt: skip
-    required_keys = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_experts",
-                     "expert_intermediate_size")  # fmt: skip
+    int_fields = dict.fromkeys(
+        ("dense_intermediate_size", "expert_intermediate_size", "shared_expert_intermediate_size", "num_experts",
+         "num_experts_per_tok"), 1
+    )  # fmt: skip
+    required_keys = ("num_experts", "expert_intermediate_size")
 
     dense_intermediate_size: int = 8192
     expert_intermediate_size: int = 1024
@@ -296,10 +280,6 @@ class LLaDAMoEConfig(LLaDAFamilyConfig):
             )
         if not 0 < self.num_experts_per_tok <= self.num_experts:
             raise ValueError(f"num_experts_per_tok ({self.num_experts_per_tok}) must be in [1, {self.num_experts}].")
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
 
     def is_moe_layer(self, layer_idx: int) -> bool:
         return bool(self.moe_layer_freq[layer_idx])

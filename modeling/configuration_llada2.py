@@ -5,7 +5,7 @@ config that would change the computation in a way this implementation does not r
 this class accepts is one the model computes as the official code does.
 """
 
-from .configuration_llada import LLaDAFamilyConfig, mlp_tp_plan
+from .configuration_llada import LLaDAFamilyConfig, tp_plan
 
 
 class LLaDA2MoeConfig(LLaDAFamilyConfig):
@@ -30,8 +30,7 @@ class LLaDA2MoeConfig(LLaDAFamilyConfig):
     """
 
     model_type = "llada2_moe"
-    base_model_tp_plan = {"layers.*.self_attn.qkv_proj": "colwise", "layers.*.self_attn.o_proj": "rowwise"}
-    base_model_tp_plan |= mlp_tp_plan("mlp", "mlp.experts.*", "mlp.shared_experts")
+    base_model_tp_plan = tp_plan(["qkv"], "mlp", "mlp.experts.*", "mlp.shared_experts")
     supported_switches = {
         "score_function": ("sigmoid",),
         "use_rmsnorm": (True,),
@@ -42,13 +41,10 @@ class LLaDA2MoeConfig(LLaDAFamilyConfig):
         "hidden_act": ("silu",),
     }
     int_fields = {
-        "vocab_size": 1, "hidden_size": 1, "intermediate_size": 1, "num_hidden_layers": 1, "num_attention_heads": 1,
-        "num_key_value_heads": 1, "head_dim": 1, "max_position_embeddings": 1, "num_experts": 1,
-        "num_experts_per_tok": 1, "num_shared_experts": 0, "moe_intermediate_size": 1, "n_group": 1, "topk_group": 1,
-        "first_k_dense_replace": 0, "rotary_dim": 1,
+        "intermediate_size": 1, "head_dim": 1, "num_experts": 1, "num_experts_per_tok": 1, "num_shared_experts": 0,
+        "moe_intermediate_size": 1, "n_group": 1, "topk_group": 1, "first_k_dense_replace": 0, "rotary_dim": 1,
     }  # fmt: skip
-    required_keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                     "num_experts", "moe_intermediate_size")  # fmt: skip
+    required_keys = ("intermediate_size", "num_experts", "moe_intermediate_size")
 
     intermediate_size: int = 5120
     num_hidden_layers: int = 20

@@ -20,7 +20,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3TopkRouter
-from transformers.models.llama.modeling_llama import eager_attention_forward, rotate_half
+from transformers.models.llama.modeling_llama import LlamaRMSNorm, eager_attention_forward, rotate_half
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs, can_return_tuple
 from transformers.utils.generic import merge_with_config_defaults
@@ -29,23 +29,8 @@ from transformers.utils.output_capturing import capture_outputs
 Tables = tuple[Tensor, Tensor]  # RoPE (cos, sin)
 
 
-class LLaDARMSNorm(nn.Module):
-    """RMSNorm in fp32, cast back, then scaled by the weight (the official order)."""
-
-    def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(hidden_size))
-        self.variance_epsilon = eps
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        input_dtype = hidden_states.dtype
-        hidden_states = hidden_states.to(torch.float32)
-        variance = hidden_states.pow(2).mean(-1, keepdim=True)
-        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
-        return self.weight * hidden_states.to(input_dtype)
-
-    def extra_repr(self) -> str:
-        return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}"
+class LLaDARMSNorm(LlamaRMSNorm):
+    """transformers' Llama RMSNorm: in fp32, cast back, then scaled by the weight (the official LLaDA order)."""
 
 
 def inverse_frequencies(config, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -313,28 +298,9 @@ class LLaDADecoderLayer(GradientCheckpointingLayer):
         return hidden_states + mlp_output
 
 
-class MissingWeightsCheck:
-    """`from_pretrained` refuses a checkpoint that lacks a weight of the model (transformers would initialise it
-    randomly and only log a report). Tied weights and non-persistent buffers (rotary tables) are not missing."""
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, allow_missing_weights: bool = False, **kwargs):
-        """`allow_missing_weights=True` keeps transformers' behaviour (missing weights randomly initialised), e.g. to
-        train a part the checkpoint does not have; `output_loading_info=True` still returns the report."""
-        want_info = kwargs.pop("output_loading_info", False)
-        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
-        missing = sorted(info["missing_keys"])
-        if missing and not allow_missing_weights:
-            shown = ", ".join(missing[:10]) + (f", ... ({len(missing)} in all)" if len(missing) > 10 else "")
-            raise ValueError(
-                f"The checkpoint {str(pretrained_model_name_or_path)!r} has no weights for {shown}: they would be "
-                "randomly initialised. Pass allow_missing_weights=True to from_pretrained to accept that."
-            )
-        return (model, info) if want_info else model
-
-
-class LLaDAFamilyPreTrainedModel(MissingWeightsCheck, PreTrainedModel):
-    """What every family's classes share: loading checks, initialisation of the non-trained buffers, saving."""
+class LLaDAFamilyPreTrainedModel(PreTrainedModel):
+    """What every family's classes share: loading (a missing weight is an error), initialisation of the buffers that
+    are not trained, saving."""
 
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
@@ -354,6 +320,22 @@ class LLaDAFamilyPreTrainedModel(MissingWeightsCheck, PreTrainedModel):
             init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
         if isinstance(getattr(module, "expert_bias", None), torch.Tensor):
             init.zeros_(module.expert_bias)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, allow_missing_weights: bool = False, **kwargs):
+        """Refuse a checkpoint that lacks a weight (transformers would initialise it randomly and only log a report;
+        tied weights and rotary tables are not missing). `allow_missing_weights=True` keeps transformers' behaviour,
+        e.g. to train a part the checkpoint does not have; `output_loading_info=True` still returns the report."""
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        missing = sorted(info["missing_keys"])
+        if missing and not allow_missing_weights:
+            shown = ", ".join(missing[:10]) + (f", ... ({len(missing)} in all)" if len(missing) > 10 else "")
+            raise ValueError(
+                f"The checkpoint {str(pretrained_model_name_or_path)!r} has no weights for {shown}: they would be "
+                "randomly initialised. Pass allow_missing_weights=True to from_pretrained to accept that."
+            )
+        return (model, info) if want_info else model
 
     def save_pretrained(self, save_directory, *args, save_original_format: bool = False, **kwargs):
         """Save with the native key names (`llada_hf.export` writes the official or remote-code layout). A loaded
@@ -544,23 +526,19 @@ def masked_diffusion_loss(
 ) -> torch.Tensor:
     """The masked-diffusion loss: (1/b) sum_i (1/n_i) sum_{j: label != -100} CE(logits_ij, label_ij) / p_ij, in fp32.
 
-    The one implementation of the objective: the models' `labels=`/`p_mask=` loss, `llada_hf.training` (pre-training
-    and SFT) and `llada_hf.likelihood` (`normalizer` = 1: the ELBO's sum) all call it. `p_mask` broadcasts against
-    `labels` ((b, 1) per row or (b, l) per token). `normalizer` (b,) holds n_i: the answer length for SFT; by default
-    the row length l, which is the paper's pre-training normalisation by b * l. Unshifted: position j predicts token j.
-    `token_transform` maps the per-token CE before weighting (training's token reweighting).
-
-    `p_mask` is required: without the 1/p_mask weights the sum is not the diffusion ELBO, and the autoregressive habit
-    `model(input_ids, labels=input_ids)` (no masking, unshifted CE) would train the model to copy its input.
+    The one implementation of the objective: the models' `labels=`/`p_mask=` loss, `llada_hf.training` and
+    `llada_hf.likelihood` (`normalizer` = 1: the ELBO's sum). `p_mask` broadcasts against `labels` ((b, 1) or (b, l)).
+    `normalizer` (b,) holds n_i: the answer length for SFT; by default the row length l (the paper's pre-training
+    normalisation by b * l). Unshifted: position j predicts token j. `token_transform` maps the per-token CE before
+    weighting (training's token reweighting). `p_mask` is required: without the 1/p_mask weights the sum is not the
+    ELBO, and the autoregressive habit `model(ids, labels=ids)` would train the model to copy its input.
     """
     if p_mask is None:
         raise ValueError(
             "labels without p_mask: a masked-diffusion loss needs the noised input_ids, labels at the masked "
-            "positions (-100 elsewhere) and p_mask (each row's masking probability). "
-            "`model(input_ids, labels=input_ids)` (the autoregressive habit) would train the model to copy its "
-            "input. Use "
-            "`llada_hf.training.pretraining_loss(model, input_ids)` / `sft_loss(...)`, or `forward_process` to noise "
-            "the batch and pass `labels=` and `p_mask=` from it."
+            "positions (-100 elsewhere) and p_mask (each row's masking probability); `model(input_ids, labels="
+            "input_ids)` (the autoregressive habit) would train the model to copy its input. Use `llada_hf.training."
+            "pretraining_loss(model, input_ids)` / `sft_loss(...)`, or `forward_process` and pass its labels/p_mask."
         )
     token_loss = F.cross_entropy(logits.float().transpose(1, 2), labels.to(logits.device), reduction="none")
     if token_transform is not None:

@@ -19,7 +19,6 @@ from .modeling_body import (
     LLaDAFamilyPreTrainedModel,
     LLaDAMLP,
     LLaDARotaryEmbedding,
-    MissingWeightsCheck,
     masked_diffusion_loss,
     refuse_next_token_loss,
 )
@@ -75,7 +74,6 @@ __all__ = [
     "LLaDAModel",
     "LLaDAModelLM",
     "LLaDAPreTrainedModel",
-    "MissingWeightsCheck",
     "OFFICIAL_KEY_MAPPING",
     "masked_diffusion_loss",
     "refuse_next_token_loss",
