@@ -349,7 +349,8 @@ class LLaDAFamilyPreTrainedModel(PreTrainedModel):
 
 
 class LLaDAFamilyModel(LLaDAFamilyPreTrainedModel):
-    """The transformer body: embeddings, bidirectional layers (a family's `make_layer(config, layer_idx)`), norm."""
+    """The transformer body: embeddings, bidirectional layers, final norm. A family chooses `rotary_class`, the
+    attention variant (`attention_options`) and each layer's MLP (`make_mlp`)."""
 
     rotary_class: type = LLaDAPartialRotaryEmbedding
 
@@ -361,6 +362,18 @@ class LLaDAFamilyModel(LLaDAFamilyPreTrainedModel):
         self.rotary_emb = self.rotary_class(config)
         self.gradient_checkpointing = False
         self.post_init()
+
+    def attention_options(self, config) -> dict:
+        """`LLaDAAttention` keyword arguments: fused q/k/v, q/k norm, biases."""
+        return {}
+
+    def make_mlp(self, config, layer_idx: int) -> tuple[nn.Module, nn.Module | None]:
+        """(MLP, layer-level shared expert or None) of layer `layer_idx`: by default a dense SwiGLU."""
+        return LLaDAMLP(config, config.intermediate_size), None
+
+    def make_layer(self, config, layer_idx: int) -> LLaDADecoderLayer:
+        attention = LLaDAAttention(config, layer_idx, **self.attention_options(config))
+        return LLaDADecoderLayer(config, attention, *self.make_mlp(config, layer_idx))
 
     @merge_with_config_defaults
     @capture_outputs

@@ -12,12 +12,9 @@ from transformers.core_model_loading import WeightRenaming
 from .configuration_llada import LLaDAConfig
 from .generation_llada import DiffusionGenerationMixin, LLaDAGenerationConfig
 from .modeling_body import (
-    LLaDAAttention,
-    LLaDADecoderLayer,
     LLaDAFamilyModel,
     LLaDAFamilyModelLM,
     LLaDAFamilyPreTrainedModel,
-    LLaDAMLP,
     LLaDARotaryEmbedding,
     masked_diffusion_loss,
     refuse_next_token_loss,
@@ -52,10 +49,8 @@ class LLaDAPreTrainedModel(LLaDAFamilyPreTrainedModel):
 class LLaDAModel(LLaDAPreTrainedModel, LLaDAFamilyModel):
     rotary_class = LLaDARotaryEmbedding
 
-    def make_layer(self, config: LLaDAConfig, layer_idx: int) -> LLaDADecoderLayer:
-        bias = config.attention_bias
-        attention = LLaDAAttention(config, layer_idx, qkv_bias=bias, out_bias=bias)
-        return LLaDADecoderLayer(config, attention, LLaDAMLP(config, config.intermediate_size))
+    def attention_options(self, config: LLaDAConfig) -> dict:
+        return {"qkv_bias": config.attention_bias, "out_bias": config.attention_bias}
 
 
 class LLaDAModelLM(LLaDAPreTrainedModel, LLaDAFamilyModelLM, DiffusionGenerationMixin):

@@ -20,13 +20,10 @@ from transformers.core_model_loading import WeightRenaming
 from .configuration_llada2 import LLaDA2MoeConfig
 from .generation_llada2 import LLaDA2GenerationConfig, LLaDA2GenerationMixin
 from .modeling_body import (
-    LLaDAAttention,
-    LLaDADecoderLayer,
     LLaDAFamilyModel,
     LLaDAFamilyModelLM,
     LLaDAFamilyPreTrainedModel,
     LLaDAGroupedRouter,
-    LLaDAMLP,
     LLaDASparseMoeBlock,
     MoeMaskedLMOutput,
     load_balancing_loss,
@@ -71,13 +68,12 @@ class LLaDA2PreTrainedModel(LLaDAFamilyPreTrainedModel):
 
 
 class LLaDA2MoeModel(LLaDA2PreTrainedModel, LLaDAFamilyModel):
-    def make_layer(self, config: LLaDA2MoeConfig, layer_idx: int) -> LLaDADecoderLayer:
-        attention = LLaDAAttention(
-            config, layer_idx, fused_qkv=True, qk_norm=True, qkv_bias=config.use_qkv_bias, out_bias=config.use_bias
-        )
-        if config.is_moe_layer(layer_idx):
-            return LLaDADecoderLayer(config, attention, LLaDA2SparseMoeBlock(config))
-        return LLaDADecoderLayer(config, attention, LLaDAMLP(config, config.intermediate_size))
+    def attention_options(self, config: LLaDA2MoeConfig) -> dict:
+        return {"fused_qkv": True, "qk_norm": True, "qkv_bias": config.use_qkv_bias, "out_bias": config.use_bias}
+
+    def make_mlp(self, config: LLaDA2MoeConfig, layer_idx: int) -> tuple:
+        moe = config.is_moe_layer(layer_idx)
+        return (LLaDA2SparseMoeBlock(config), None) if moe else super().make_mlp(config, layer_idx)
 
 
 class LLaDA2MoeModelLM(LLaDA2PreTrainedModel, LLaDAFamilyModelLM, LLaDA2GenerationMixin):

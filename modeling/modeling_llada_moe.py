@@ -19,8 +19,6 @@ from transformers.conversion_mapping import register_checkpoint_conversion_mappi
 from .configuration_llada_moe import LLaDAMoEConfig
 from .generation_llada import DiffusionGenerationMixin, LLaDAGenerationConfig
 from .modeling_body import (
-    LLaDAAttention,
-    LLaDADecoderLayer,
     LLaDAFamilyModel,
     LLaDAFamilyModelLM,
     LLaDAFamilyPreTrainedModel,
@@ -65,13 +63,15 @@ class LLaDAMoEPreTrainedModel(LLaDAFamilyPreTrainedModel):
 
 
 class LLaDAMoEModel(LLaDAMoEPreTrainedModel, LLaDAFamilyModel):
-    def make_layer(self, config: LLaDAMoEConfig, layer_idx: int) -> LLaDADecoderLayer:
+    def attention_options(self, config: LLaDAMoEConfig) -> dict:
         bias = config.attention_bias
-        attention = LLaDAAttention(config, layer_idx, qk_norm=config.qk_layernorm, qkv_bias=bias, out_bias=bias)
+        return {"qk_norm": config.qk_layernorm, "qkv_bias": bias, "out_bias": bias}
+
+    def make_mlp(self, config: LLaDAMoEConfig, layer_idx: int) -> tuple:
         if not config.is_moe_layer(layer_idx):
-            return LLaDADecoderLayer(config, attention, LLaDAMLP(config, config.dense_intermediate_size))
+            return LLaDAMLP(config, config.dense_intermediate_size), None
         block, shared = LLaDAMoESparseMoeBlock(config), config.shared_expert_intermediate_size
-        return LLaDADecoderLayer(config, attention, block, LLaDAMLP(config, shared) if shared else None)
+        return block, LLaDAMLP(config, shared) if shared else None
 
 
 class LLaDAMoEModelLM(LLaDAMoEPreTrainedModel, LLaDAFamilyModelLM, DiffusionGenerationMixin):
