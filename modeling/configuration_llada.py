@@ -149,17 +149,13 @@ class LLaDAFamilyConfig(PreTrainedConfig):
 
 
 class LLaDAConfig(LLaDAFamilyConfig):
-    r"""Configuration of a LLaDA masked-diffusion transformer (defaults: LLaDA-8B).
-
-    A Llama-style block (RMSNorm, RoPE, SwiGLU, separate q/k/v) with bidirectional attention and an untied head.
-    `mask_token_id` is part of the model config because losses and likelihoods need it, not only generation. The
-    official config's OLMo-style keys (`d_model`, `n_heads`, `n_layers`, ...) are aliases (`attribute_map`); the OLMo
-    switches the released checkpoints never use (ALiBi, LayerNorm, biases, q/k norm, ...) are rejected.
+    r"""Configuration of a LLaDA masked-diffusion transformer (defaults: LLaDA-8B): a Llama-style block with
+    bidirectional attention and an untied head. The official OLMo-style keys (`d_model`, `n_heads`, ...) are aliases
+    (`attribute_map`); the OLMo switches the released checkpoints never use (ALiBi, biases, ...) are rejected.
 
     ```python
     >>> from llada_hf import LLaDAConfig, LLaDAModelLM
-    >>> config = LLaDAConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4)
-    >>> model = LLaDAModelLM(config)
+    >>> model = LLaDAModelLM(LLaDAConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2, n_heads=4))
     ```
     """
 
@@ -225,15 +221,10 @@ class LLaDAMoEConfig(LLaDAFamilyConfig):
     r"""Configuration of a LLaDA-MoE masked-diffusion transformer (OLMoE-shaped; `architectures` ["LLaDAMoEModelLM"]).
 
     Layer i is a mixture-of-experts layer when `moe_layer_freq[i]` is 1 (an int applies to every layer), else a dense
-    SwiGLU layer of `dense_intermediate_size`. MoE layers route each token to `num_experts_per_tok` of `num_experts`
-    experts of `expert_intermediate_size` (softmax over all experts, `expert_bias` added to the probabilities, top-k,
-    renormalised only if `norm_topk_prob`), plus a shared expert of `shared_expert_intermediate_size` when set.
-    Attention: q/k RMSNorm per head (`qk_layernorm`), RoPE on the first `rotary_dim` = head_dim *
-    `partial_rotary_factor` dimensions. `routed_scaling_factor`, `router_num_group` and `router_topk_group` are read
-    but, as in the official model, unused.
-
-    The defaults are not a published model (the real 7B `config.json` was not available); `mask_token_id` defaults
-    to 156895, the mask id of the LLaDA-MoE / LLaDA2.0 tokenizer.
+    SwiGLU layer of `dense_intermediate_size`; experts of `expert_intermediate_size` (softmax router, `expert_bias`
+    added to the probabilities, top-k), plus a shared expert of `shared_expert_intermediate_size` when set.
+    `routed_scaling_factor`, `router_num_group` and `router_topk_group` are read but, as officially, unused. The
+    defaults are not a published model (the 7B `config.json` was not available).
     """
 
     model_type = "llada"

@@ -1,9 +1,5 @@
-"""LLaDA2.0 configuration (model_type `llada2_moe`: LLaDA2.0-mini, LLaDA2.0-flash).
-
-Reads the official `config.json` unchanged: its keys are already transformers-style names. Switches of the official
-config that would change the computation in a way this implementation does not reproduce are rejected, so a config
-this class accepts is one the model computes as the official code does.
-"""
+"""LLaDA2.0 configuration (model_type `llada2_moe`: LLaDA2.0-mini, -flash); reads the official `config.json`
+unchanged and rejects the official switches this implementation does not compute."""
 
 from .configuration_llada import LLaDAFamilyConfig, tp_plan
 
@@ -12,19 +8,16 @@ class LLaDA2MoeConfig(LLaDAFamilyConfig):
     r"""Configuration of a LLaDA2.0 mixture-of-experts masked-diffusion transformer (defaults: LLaDA2.0-mini).
 
     The first `first_k_dense_replace` layers have a dense SwiGLU MLP of `intermediate_size`; the others route each
-    token to `num_experts_per_tok` of `num_experts` SwiGLU experts of `moe_intermediate_size` (sigmoid scores, the
-    expert bias used only to choose, `n_group`/`topk_group` group-limited choice, renormalised top-k weights times
-    `routed_scaling_factor`) plus `num_shared_experts` always-on experts. Attention is a fused q/k/v projection with
-    grouped-query heads, RMSNorm on q and k per head, and RoPE on the first `rotary_dim` dimensions of each head.
-
+    token to `num_experts_per_tok` of `num_experts` experts of `moe_intermediate_size` (`n_group`/`topk_group`
+    group-limited sigmoid routing, weights times `routed_scaling_factor`) plus `num_shared_experts` always-on experts.
     `mask_token_id` / `eos_token_id` are not in the official file (its sampler takes them as arguments): the defaults
     are the official sampler's (156895 / 156892).
 
     ```python
     >>> from llada_hf import LLaDA2MoeConfig, LLaDA2MoeModelLM
     >>> config = LLaDA2MoeConfig(vocab_size=1024, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-    ...     num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_experts=8, num_experts_per_tok=2,
-    ...     n_group=4, topk_group=2, moe_intermediate_size=32, mask_token_id=1000, pad_token_id=1001)
+    ...     num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_experts=8, num_experts_per_tok=2, n_group=4,
+    ...     topk_group=2, moe_intermediate_size=32, mask_token_id=1000, pad_token_id=1001, eos_token_id=1001)
     >>> model = LLaDA2MoeModelLM(config)
     ```
     """
@@ -32,14 +25,9 @@ class LLaDA2MoeConfig(LLaDAFamilyConfig):
     model_type = "llada2_moe"
     base_model_tp_plan = tp_plan(["qkv"], "mlp", "mlp.experts.*", "mlp.shared_experts")
     supported_switches = {
-        "score_function": ("sigmoid",),
-        "use_rmsnorm": (True,),
-        "norm_head": (False,),
-        "use_sliding_window": (False,),
-        "using_split_qkv_in_self_attention": (False,),
-        "router_dtype": ("fp32", None),
-        "hidden_act": ("silu",),
-    }
+        "score_function": ("sigmoid",), "use_rmsnorm": (True,), "norm_head": (False,), "use_sliding_window": (False,),
+        "using_split_qkv_in_self_attention": (False,), "router_dtype": ("fp32", None), "hidden_act": ("silu",),
+    }  # fmt: skip
     int_fields = {
         "intermediate_size": 1, "head_dim": 1, "num_experts": 1, "num_experts_per_tok": 1, "num_shared_experts": 0,
         "moe_intermediate_size": 1, "n_group": 1, "topk_group": 1, "first_k_dense_replace": 0, "rotary_dim": 1,

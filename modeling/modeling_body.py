@@ -1,11 +1,9 @@
 """The body every LLaDA family shares: a Llama-shaped transformer with bidirectional attention, for masked diffusion.
 
-The family files (`modeling_llada.py`, `modeling_llada2.py`, `modeling_llada_moe.py`) keep only their deltas: key
-maps, the choice of attention variant (split or fused q/k/v, q/k norm, biases), RoPE variant and MLP per layer, and
-their mixture-of-experts routers. The deltas from `transformers`' Llama kept here: attention is never causal
-(`is_causal = False`), a 2-D padding mask may cover more keys than there are queries (cached generation) and a 4-D
-mask (LLaDA2's block-causal one) is used as given; RoPE may cover only the first `rotary_dim` dimensions of a head;
-`masked_diffusion_loss` replaces the next-token loss.
+The family files keep only their deltas (key maps, attention variant, RoPE variant, MLP per layer, routers). The deltas
+from `transformers`' Llama: attention is never causal; a 2-D padding mask may cover more keys than there are queries
+(cached generation) and a 4-D mask (LLaDA2's block-causal one) is used as given; RoPE may cover only the first
+`rotary_dim` dimensions of a head; `masked_diffusion_loss` replaces the next-token loss.
 """
 
 from collections.abc import Callable
@@ -39,12 +37,8 @@ def inverse_frequencies(config, device: torch.device | str = "cpu") -> torch.Ten
 
 
 class LLaDARotaryEmbedding(nn.Module):
-    """fp32 RoPE tables for `max_position_embeddings` positions, built on the CPU (LLaDA-8B).
-
-    The official model builds its sin/cos tables once on the CPU and copies them to the GPU; CUDA-built tables differ
-    in ~19% of entries, which flips bf16 results. Longer inputs get tables built on the tables' device, kept for later
-    calls (the official regrow rule). q and k are then rotated in fp32 and rounded once (`rope_full_precision`).
-    """
+    """fp32 RoPE tables built once on the CPU, as the official LLaDA-8B code does (CUDA-built tables differ in ~19% of
+    entries, which flips bf16 results); longer inputs regrow them on their device. q/k rotate in fp32, rounded once."""
 
     def __init__(self, config) -> None:
         super().__init__()
@@ -424,12 +418,8 @@ class MoeMaskedLMOutput(MaskedLMOutput):
 
 
 class LLaDAFamilyModelLM(LLaDAFamilyPreTrainedModel):
-    """The body (`body_class`, the family's) with its untied LM head: logits for every position.
-
-    With `labels` (ids at masked positions, -100 elsewhere) and `p_mask` (masking probability per row or token) the
-    loss is the masked-diffusion ELBO term (`masked_diffusion_loss`); `labels` without `p_mask` raises (it is not a
-    diffusion loss). MoE families (`moe_block`): opt-in router auxiliary loss, see `forward`.
-    """
+    """The family's body (`body_class`) with its untied LM head: logits for every position; with `labels` (ids at
+    masked positions, -100 elsewhere) and `p_mask`, the masked-diffusion ELBO term (`masked_diffusion_loss`)."""
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
     _tp_plan = {"lm_head": "colwise_gather_output"}
@@ -461,14 +451,12 @@ class LLaDAFamilyModelLM(LLaDAFamilyPreTrainedModel):
         past_key_values=None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> MaskedLMOutput:
-        """`logits_to_keep` runs the head only where logits are needed: a slice or an index tensor of columns (the
-        sampler's current block), or a boolean (batch, seq) mask (logits (n, vocab) of its true positions, row-major:
-        the likelihood's masked tokens). `past_key_values`: generation's caches.
+        """`logits_to_keep` runs the head only where logits are needed: a slice or index tensor of columns (the
+        sampler's block), or a boolean (batch, seq) mask (logits (n, vocab) of its true positions, row-major).
 
         MoE families: `output_router_logits` (default: the config's) returns the router logits and `aux_loss`, the
-        Switch load-balancing loss (`load_balancing_loss` with the family's router probabilities; every position
-        counts, padding included), added to `loss` times `router_aux_loss_coef` with labels. Off in the official
-        configs, whose recipe balances experts by updating `expert_bias`, not by a loss."""
+        Switch load-balancing loss (`load_balancing_loss`; every position counts, padding included), added to `loss`
+        times `router_aux_loss_coef` with labels. Off in the official configs, which balance through `expert_bias`."""
         output_router_logits = kwargs.pop("output_router_logits", None)
         if output_router_logits is None:
             output_router_logits = getattr(self.config, "output_router_logits", False)

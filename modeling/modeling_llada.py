@@ -54,12 +54,8 @@ class LLaDAModel(LLaDAPreTrainedModel, LLaDAFamilyModel):
 
 
 class LLaDAModelLM(LLaDAPreTrainedModel, LLaDAFamilyModelLM, DiffusionGenerationMixin):
-    """LLaDA with its (untied) LM head: logits for every position, and the masked-diffusion sampler as `generate()`.
-
-    With `labels` (ids at masked positions, -100 elsewhere) and `p_mask` (masking probability per row or token) the
-    loss is the masked-diffusion ELBO term sum(CE / p_mask) / labels.numel() (`masked_diffusion_loss`); `labels`
-    without `p_mask` raises (it is not a diffusion loss). Training code in `llada_hf.training` builds these inputs.
-    """
+    """LLaDA with its untied LM head, and the masked-diffusion sampler as `generate()`. `labels` with `p_mask`: the
+    masked-diffusion ELBO term (`masked_diffusion_loss`); `labels` without `p_mask` raises."""
 
     body_class = LLaDAModel
     generation_config_class = LLaDAGenerationConfig

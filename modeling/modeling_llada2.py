@@ -1,16 +1,11 @@
-"""LLaDA2.0 (LLaDA2.0-mini, -flash): the shared body (`modeling_body.py`) with these deltas.
+"""LLaDA2.0 (LLaDA2.0-mini, -flash): the shared body (`modeling_body.py`) with a fused q/k/v projection, q/k RMSNorm
+per head, RoPE on the first `rotary_dim` dimensions, and from layer `first_k_dense_replace` on a mixture of experts
+routed by transformers' DeepSeek-V3 router (sigmoid scores, expert bias used only to choose, group-limited choice,
+renormalised weights times `routed_scaling_factor`) plus the shared expert(s).
 
-* one fused q/k/v projection, RMSNorm on q and k per head (always, as in the official code), RoPE on the first
-  `rotary_dim` dimensions of each head; an explicit 4-D mask (the sampler's block-causal mask) is honoured;
-* from layer `first_k_dense_replace` on, the MLP is a sparse mixture of experts routed by transformers' DeepSeek-V3
-  router (sigmoid scores, expert bias used only to choose, group-limited choice, renormalised weights times
-  `routed_scaling_factor`), plus the shared expert(s).
-
-Official checkpoints load unchanged: a conversion mapping for `model_type="llada2_moe"` renames the attention keys
-(`attention.query_key_value` -> `self_attn.qkv_proj`, `attention.dense` -> `self_attn.o_proj`,
-`attention.query_layernorm` / `key_layernorm` -> `self_attn.q_norm` / `k_norm`, `word_embeddings` -> `embed_tokens`)
-at load time; the MLP keys (`mlp.gate`, `mlp.gate.expert_bias`, `mlp.experts.{e}`, `mlp.shared_experts`) are the
-official ones.
+Official checkpoints load unchanged: a conversion mapping for `model_type="llada2_moe"` renames `word_embeddings`,
+`attention.query_key_value` / `dense` / `query_layernorm` / `key_layernorm` at load time; the MLP keys (`mlp.gate`,
+`mlp.gate.expert_bias`, `mlp.experts.{e}`, `mlp.shared_experts`) are the official ones.
 """
 
 import torch
@@ -77,15 +72,9 @@ class LLaDA2MoeModel(LLaDA2PreTrainedModel, LLaDAFamilyModel):
 
 
 class LLaDA2MoeModelLM(LLaDA2PreTrainedModel, LLaDAFamilyModelLM, LLaDA2GenerationMixin):
-    """LLaDA2.0 with its (untied) LM head: logits for every position.
-
-    `generate()` is the LLaDA2.0 sampler (`generation_llada2.py`: block-causal blocks, per-block count schedule with
-    `threshold` / `minimal_topk`); `official=True` reproduces the hub `generate()` token for token, quirks included.
-
-    With `labels` (ids at masked positions, -100 elsewhere) and `p_mask` the loss is the masked-diffusion ELBO term
-    (`masked_diffusion_loss`); `labels` without `p_mask` raises. `output_router_logits=True` (call or config) adds
-    the router logits and the load-balancing `aux_loss` (probabilities: the per-token-normalised sigmoid scores).
-    """
+    """LLaDA2.0 with its untied LM head; `generate()` is the LLaDA2.0 sampler (`generation_llada2.py`), `official=True`
+    reproducing the hub `generate()` token for token. Loss and router outputs: `LLaDAFamilyModelLM` (aux-loss
+    probabilities: the per-token-normalised sigmoid scores)."""
 
     body_class = LLaDA2MoeModel
     moe_block = LLaDA2SparseMoeBlock

@@ -1,14 +1,10 @@
-"""LLaDA-MoE (LLaDA-MoE-7B-A1B): the shared body (`modeling_body.py`), OLMoE-shaped.
+"""LLaDA-MoE (LLaDA-MoE-7B-A1B, OLMoE-shaped): the shared body (`modeling_body.py`) with split q/k/v, q/k RMSNorm per
+head (`qk_layernorm`), partial RoPE, and per layer (`moe_layer_freq`) a dense SwiGLU MLP or a mixture of experts
+(softmax router, the expert bias *added to the probabilities*, top-k, renormalised only if `norm_topk_prob`) plus an
+optional layer-level shared expert. Official checkpoints already use these key names.
 
-The deltas: separate q/k/v projections with RMSNorm on q and k per head (`qk_layernorm`) and RoPE on the first
-`rotary_dim` dimensions of each head; per layer (`moe_layer_freq`) either a dense SwiGLU MLP or a sparse mixture of
-experts (softmax router over all experts, the expert bias *added to the probabilities* so it changes the weights as
-well as the choice, top-k, no renormalisation unless `norm_topk_prob`) plus an optional layer-level shared expert.
-Official checkpoints already use these key names; the sampler and likelihood are the LLaDA-8B ones.
-
-**Deviation from the official forward:** the official model drops any attention mask (always full attention, padding
-included). This one honours it: a left-padded batch gives every row the logits (and `generate()` answers) it gets
-alone. Without padding (no mask, or an all-ones mask) both compute the same thing.
+**Deviation from the official forward:** it drops any attention mask (full attention, padding included); this one
+honours it, so a left-padded row gets the logits (and `generate()` answers) it gets alone. Unpadded, both agree.
 """
 
 import torch
@@ -75,13 +71,8 @@ class LLaDAMoEModel(LLaDAMoEPreTrainedModel, LLaDAFamilyModel):
 
 
 class LLaDAMoEModelLM(LLaDAMoEPreTrainedModel, LLaDAFamilyModelLM, DiffusionGenerationMixin):
-    """LLaDA-MoE with its (untied) LM head: logits for every position, and the LLaDA masked-diffusion sampler as
-    `generate()` (the official ML-GSAI `generate.py` semantics, token-exact on the golden cases).
-
-    With `labels` (ids at masked positions, -100 elsewhere) and `p_mask` the loss is the masked-diffusion ELBO term
-    (`masked_diffusion_loss`); `labels` without `p_mask` raises. `output_router_logits=True` (call or config) adds
-    the router logits and the load-balancing `aux_loss` (probabilities: the softmax of the router logits).
-    """
+    """LLaDA-MoE with its untied LM head; `generate()` is the LLaDA sampler (the official ML-GSAI `generate.py`
+    semantics). Loss and router outputs: `LLaDAFamilyModelLM` (aux-loss probabilities: the router softmax)."""
 
     body_class = LLaDAMoEModel
     moe_block = LLaDAMoESparseMoeBlock
