@@ -1,9 +1,9 @@
 """The body every LLaDA family shares: a Llama-shaped transformer with bidirectional attention, for masked diffusion.
 
-The family files keep only their deltas (key maps, attention variant, RoPE variant, MLP per layer, routers). The deltas
-from `transformers`' Llama: attention is never causal; a 2-D padding mask may cover more keys than there are queries
-(cached generation) and a 4-D mask (LLaDA2's block-causal one) is used as given; RoPE may cover only the first
-`rotary_dim` dimensions of a head; `masked_diffusion_loss` replaces the next-token loss.
+The family files keep only their deltas (key maps, attention variant, RoPE variant, MLP per layer, routers). The
+deltas from `transformers`' Llama: attention is never causal; a 2-D padding mask may cover more keys than there are
+queries (cached generation) and a 4-D mask (LLaDA2's block-causal one) is used as given; RoPE may cover only the
+first `rotary_dim` dimensions of a head; `masked_diffusion_loss` replaces the next-token loss.
 """
 
 from collections.abc import Callable
