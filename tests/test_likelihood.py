@@ -30,6 +30,31 @@ MASK_ID = 1000
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+@pytest.mark.parametrize("family", ["golden_tiny", "llada2_tiny", "lladamoe_tiny"])
+def test_every_family_runs_the_head_on_the_masked_positions_only(family):
+    """One likelihood path for every family: the LM head sees only the masked positions, and their logits are the
+    full forward's."""
+    from pathlib import Path
+
+    from transformers import AutoModel
+
+    from llada_hf.likelihood import _masked_logits
+
+    model = AutoModel.from_pretrained(Path(__file__).parent / "fixtures" / family).eval()
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 1000, (2, 10), generator=generator)
+    keep = torch.rand(2, 10, generator=generator) < 0.4
+    head_rows = []
+    handle = model.lm_head.register_forward_hook(lambda module, args, out: head_rows.append(args[0].shape[:-1]))
+    with torch.no_grad():
+        got = _masked_logits(model, ids, None, keep)
+    handle.remove()
+    assert head_rows == [torch.Size([int(keep.sum())])]
+    with torch.no_grad():
+        full = model(ids).logits
+    torch.testing.assert_close(got, full[keep])
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Independent reference: the estimator's exact expectation, by enumeration with plain model calls
 

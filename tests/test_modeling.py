@@ -114,6 +114,7 @@ def test_remote_code_export_loads_without_llada_hf(golden_model, tmp_path):
     assert {p.name for p in checkpoint.glob("*.py")} == {
         "configuration_llada.py",
         "modeling_llada.py",
+        "modeling_body.py",
         "generation_llada.py",
     }
     for path in checkpoint.glob("*.py"):  # hub files import only torch, transformers, the stdlib and their siblings
