@@ -91,6 +91,8 @@ class DiffusionState:
     remasked: torch.Tensor | None = None  # revision: tokens re-masked so far, per row
     checked: list[int] = field(default_factory=list)  # stopping criteria: final-prefix length already checked
     stopped_at: int | None = None  # column of the EOS that stopped the call (LLaDA2's official eos_early_stop)
+    closed: torch.Tensor | None = None  # LLaDA2.1 editing: rows whose current block is closed (full batch)
+    post_steps: torch.Tensor | None = None  # LLaDA2.1 editing: forwards since the block lost its last mask, per row
     nfe: int = 0
     recorded: dict[str, list] = field(default_factory=dict)  # history / scores / logits / score_columns
 
@@ -130,18 +132,18 @@ class DiffusionSampler:
         """One denoising step on the window: forward, propose, score, select, commit, revise."""
         parts, (start, end) = self.parts, view.window
         logits = parts.layout.forward(self.model, inp, view, self.cache)
-        x0, scores = parts.proposal.propose(logits, inp.x, view, noise[0])
-        confidence = parts.confidence.score(scores, x0, noise[1])
+        proposal, scores = parts.proposal.propose(logits, inp.x, view, noise[0])
+        confidence = parts.confidence.score(scores, proposal, noise[1])
         x_window = inp.x.narrow(1, start, end - start)
         is_mask = x_window == self.mask_id
-        in_block = torch.arange(start, end, device=x0.device)[None, :] < view.block_end
-        confidence = torch.where(is_mask & in_block, confidence, -torch.inf)  # candidates: the block's masks
-        x0 = torch.where(is_mask, x0, x_window)
-        transfer = parts.selection.select(confidence, k, view, inp.x.shape[1])
-        new_window = torch.where(transfer, x0, x_window)
+        in_block = torch.arange(start, end, device=proposal.device)[None, :] < view.block_end
+        candidates = torch.where(is_mask & in_block, confidence, -torch.inf)  # candidates: the block's masks
+        transfer = parts.selection.select(candidates, k, view, inp.x.shape[1])
+        new_window = torch.where(transfer, torch.where(is_mask, proposal, x_window), x_window)
         if parts.revision is None:
             return StepOutput(new_window, None, None, None, logits, scores)
-        return StepOutput(*parts.revision.revise(inp, transfer, x0, scores, new_window, view), logits, scores)
+        revised = parts.revision.revise(inp, transfer, proposal, scores, confidence, new_window, view)
+        return StepOutput(*revised, logits, scores)
 
 
 class DiffusionGenerationMixin:
@@ -323,7 +325,7 @@ class DiffusionGenerationMixin:
             attention_mask = (
                 None if bool(attention_mask.all()) else F.pad(attention_mask, (0, length - prompt_len), value=1)
             )
-        revising = parts.revision is not None
+        revising = getattr(parts.revision, "budgeted", False)  # ReMDM: commit probabilities and budgets per row
         zeros = torch.zeros(batch, dtype=torch.long, device=device)
         state = DiffusionState(
             x=x, attention_mask=attention_mask, prompt_index=x != mask_id, prompt_len=prompt_len,
@@ -348,7 +350,7 @@ class DiffusionGenerationMixin:
             if state.rows.numel() == 0:
                 break
             # 2. The block's commit counts
-            state.schedule, k_max = parts.selection.schedule(state.x[state.rows], block, length)
+            state.schedule, k_max = parts.selection.schedule(state, block, length)
             state.extra = torch.zeros_like(state.rows)
             if revising:
                 state.budget[state.rows] = config.remask_budget

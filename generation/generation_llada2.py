@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from transformers.cache_utils import DynamicCache
 
-from .generation_config import LLaDAGenerationConfig, _check_int
+from .generation_config import LLaDAGenerationConfig, _check_choice, _check_int, _check_number
 from .generation_llada import DiffusionGenerationMixin
 from .generation_parts import (
     Block,
@@ -43,7 +43,13 @@ class LLaDA2GenerationConfig(LLaDAGenerationConfig):
         official: reproduce the official hub sampler bit for bit, quirks included (see the module docstring).
         block_cache: keep the keys/values of finished blocks (exact under block-causal attention: same tokens as
             recomputing the prefix; default True). `False` recomputes the prefix every step, as the official code.
-        minimal_topk: caps the steps per block at `max_new_tokens // minimal_topk` (official meaning).
+        minimal_topk: caps the steps per block at `max_new_tokens // minimal_topk` (official meaning; llada2.1: none).
+        sampler: `"llada2.0"` (default) or `"llada2.1"` (mask-to-token plus token-to-token editing, see
+            `TokenEditing`; LLaDA2.1-mini/flash have LLaDA2.0's architecture, so the sampler is the user's choice).
+        editing_threshold / max_post_steps / num_to_transfer: the llada2.1 fields (defaults 0.9 / 16 / 1 when None):
+            rewrite a decided answer token of the block whose new prediction has probability > editing_threshold
+            (1.0: no editing); up to max_post_steps more forwards once the block has no mask while edits happen;
+            commit at least num_to_transfer masks per forward (the llada2.1 count; `steps` has no effect there).
         steps: steps **per block** (official meaning; default 32). block_length: default 32. threshold: commit every
             masked column whose confidence is > threshold when they are at least the step's count (default 0.95;
             `None` = the count schedule alone).
@@ -52,6 +58,7 @@ class LLaDA2GenerationConfig(LLaDAGenerationConfig):
     _diffusion_defaults = {
         **LLaDAGenerationConfig._diffusion_defaults,
         **dict(steps=32, block_length=32, threshold=0.95, minimal_topk=1, official=False, block_cache=True),
+        **dict(sampler="llada2.0", editing_threshold=None, max_post_steps=None, num_to_transfer=None),
     }
 
     def validate(self, strict: bool = False, user_set_attributes: set[str] | None = None):
@@ -65,20 +72,43 @@ class LLaDA2GenerationConfig(LLaDAGenerationConfig):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}.")
         if self.steps is None or self.block_length is None:
             raise ValueError("LLaDA2 generate() needs steps (per block) and block_length.")
+        _check_choice("sampler", self.sampler, ("llada2.0", "llada2.1"))
+        if self.sampler == "llada2.0":
+            for name in EDITING_DEFAULTS:
+                if getattr(self, name) is not None:
+                    raise ValueError(
+                        f"{name} is a token-editing field of sampler='llada2.1'; sampler='llada2.0' would ignore it. "
+                        "Pass sampler='llada2.1' (LLaDA2.1 checkpoints) or drop it."
+                    )
+            return
+        _check_number("editing_threshold", self.editing_threshold, low=0.0, high=1.0, optional=True)
+        _check_int("max_post_steps", self.max_post_steps, low=0, optional=True)
+        _check_int("num_to_transfer", self.num_to_transfer, low=1, optional=True)
+        if self.compile:
+            raise ValueError("compile is not supported with sampler='llada2.1' (its editing step is not compiled).")
+
+    def editing(self, name: str):
+        """A llada2.1 field, or its official default when None."""
+        value = getattr(self, name)
+        return EDITING_DEFAULTS[name] if value is None else value
 
     def sampler_parts(self, logits_processor=None, stopping_criteria=None) -> SamplerParts:
-        """The LLaDA2.0 sampler (the module docstring lists each part)."""
-        stopping = LLaDA2Stop(self, stopping_criteria)
+        """The LLaDA2.0 sampler, or with `sampler="llada2.1"` its editing parts (the module docstring lists each)."""
+        editing = self.sampler == "llada2.1"
+        stopping = (EditingStop if editing else LLaDA2Stop)(self, stopping_criteria)
         return SamplerParts(
             layout=AbsoluteBlocks(self),
-            proposal=LLaDA2Proposal(self, logits_processor),
+            proposal=(LLaDA21Proposal if editing else LLaDA2Proposal)(self, logits_processor),
             confidence=Confidence(self, temperature=0.0),  # the drawn token's probability (remasking low_confidence)
-            selection=CountThresholdSelection(self),
-            revision=None,
+            selection=(EditingSelection if editing else CountThresholdSelection)(self),
+            revision=TokenEditing(self.editing("editing_threshold"), self.mask_token_id) if editing else None,
             stopping=stopping,
             finalise=stopping.finalise,
         )
 
+
+#: The llada2.1 fields and their values when left None (the official `generate()` defaults).
+EDITING_DEFAULTS = {"editing_threshold": 0.9, "max_post_steps": 16, "num_to_transfer": 1}
 
 #: Engine options the LLaDA2 sampler does not have, with the reason (checked for every config a LLaDA2 model gets).
 LLADA2_UNSUPPORTED = {
@@ -158,7 +188,7 @@ class CountThresholdSelection:
     def __init__(self, config) -> None:
         self.threshold, self.mask_id = config.threshold, config.mask_token_id
 
-    def schedule(self, x: torch.Tensor, block: Block, length: int) -> tuple:
+    def schedule(self, state, block: Block, length: int) -> tuple:
         counts = transfer_schedule(torch.tensor([block.end - block.start]), block.steps)[0].tolist()
         return counts, max(counts)
 
@@ -181,6 +211,8 @@ class AbsoluteBlocks:
 
     def __init__(self, config) -> None:
         self.config, self.block_length = config, config.block_length
+        # The official 2.1 text adds its 0/1 mask to the attention scores (not block-causal): no cache is exact there.
+        self.additive = config.official and config.sampler == "llada2.1"
 
     def canvas_length(self, prompt_len: int, max_new_tokens: int) -> int:
         return -(-(prompt_len + max_new_tokens) // self.block_length) * self.block_length
@@ -189,7 +221,7 @@ class AbsoluteBlocks:
         return self.block_length
 
     def make_cache(self) -> DynamicCache | None:
-        return DynamicCache() if self.config.block_cache else None
+        return DynamicCache() if self.config.block_cache and not self.additive else None
 
     def groups(self, attention_mask: torch.Tensor) -> list | None:
         """[(residue, rows)] when the rows' left padding differs by other than whole blocks (default mode)."""
@@ -208,8 +240,8 @@ class AbsoluteBlocks:
         if config.official and attention_mask is not None and not bool(attention_mask.all()):
             raise ValueError("official=True takes no padding (the official sampler has no attention mask).")
         prompt_len, gen_len, block_length = input_ids.shape[1], config.max_new_tokens, self.block_length
-        steps = min(config.steps, gen_len // config.minimal_topk)
-        if steps < 1:
+        steps = min(config.steps, gen_len // config.minimal_topk) if config.sampler == "llada2.0" else 0
+        if steps < 1 and config.sampler == "llada2.0":
             raise ValueError(f"minimal_topk ({config.minimal_topk}) > max_new_tokens ({gen_len}): no step left.")
         num_blocks = self.canvas_length(prompt_len, gen_len) // block_length
         return [
@@ -224,6 +256,15 @@ class AbsoluteBlocks:
         """Uncached: the prefix [0, block_end). Cached: the columns not cached yet, [cached, block_end), reading the
         stored keys of the finished blocks; afterwards the cache keeps the columns before the window (finished)."""
         end, (w_start, w_end) = view.block_end, view.window
+        if self.additive:  # official 2.1: the 0/1 mask added to the scores, over the prefix [0, block_end)
+            mask = block_causal_mask(end, self.block_length, inp.x.device).to(model.dtype)[None, None]
+            position_ids = torch.arange(end, device=inp.x.device)[None]
+            return model(
+                input_ids=inp.x[:, :end],
+                attention_mask=mask,
+                position_ids=position_ids,
+                logits_to_keep=slice(w_start, w_end),
+            ).logits
         cache = cache if w_start > 0 else None  # nothing finished yet: nothing to keep
         start = cache.get_seq_length() if cache is not None else 0
         ids = inp.x[:, start:end]
@@ -258,6 +299,7 @@ class LLaDA2Stop:
         self.official, self.early_stop, self.mask_id = config.official, config.early_stop, config.mask_token_id
         self.eos, self.pad, self.answer_len = as_list(config.eos_token_id), config.pad_token_id, config.max_new_tokens
         self.default = None if config.official else EosStop(config, criteria)
+        self.block_eos_stop = not (config.official and config.sampler == "llada2.1") or config.early_stop
 
     def after_step(self, state, before: torch.Tensor, view: StepView) -> torch.Tensor | None:
         if self.default is not None:
@@ -277,7 +319,7 @@ class LLaDA2Stop:
         return None
 
     def after_block(self, state, block: Block) -> torch.Tensor | None:
-        if not self.eos:
+        if not self.eos or not self.block_eos_stop:
             return None
         answer = state.x[state.rows, state.prompt_len : block.end]
         return torch.isin(answer, torch.tensor(self.eos, device=answer.device)).any(-1)
@@ -297,6 +339,89 @@ class LLaDA2Stop:
         after_first = (is_eos.cumsum(-1) - is_eos.long()) > 0
         fill = self.pad if self.pad is not None else eos[0]
         return torch.cat([x[:, :prompt_len], answer.masked_fill(after_first, fill)], dim=1)
+
+
+class LLaDA21Proposal(LLaDA2Proposal):
+    """LLaDA2.1: temperature 0 is argmax in both modes (2.1 has a greedy branch; official: on the raw logits); the
+    default mode never proposes the mask id (a committed mask would reopen the block)."""
+
+    def propose(self, logits: torch.Tensor, x: torch.Tensor, view: StepView, generator) -> tuple:
+        if self.official and self.sample_temperature == 0:
+            return logits.argmax(-1), logits
+        if not self.official:
+            logits = logits.index_fill(-1, torch.tensor([self.mask_id], device=logits.device), -torch.inf)
+        return super().propose(logits, x, view, generator)
+
+
+class EditingSelection(CountThresholdSelection):
+    """LLaDA2.1 mask-to-token: masked columns with probability > threshold, else the `num_to_transfer` best. A row's
+    block stays open while it has masks, then for up to `max_post_steps` more forwards while edits happen; it closes
+    after a forward that fills and edits nothing (`EditingStop` keeps `state.closed`; this reads it)."""
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self.count, self.max_post = config.editing("num_to_transfer"), config.editing("max_post_steps")
+
+    def schedule(self, state, block: Block, length: int) -> tuple:
+        """No count schedule (`num_to_transfer` each forward); no row's block is closed yet."""
+        no_mask = ~(state.x[:, block.start : block.end] == self.mask_id).any(-1)
+        active = torch.zeros_like(no_mask).index_fill(0, state.rows, True)
+        state.post_steps = (no_mask & active).long()
+        state.closed = state.post_steps > self.max_post
+        return None, block.end - block.start
+
+    def open(self, state, block: Block, step: int) -> bool:
+        return bool((~state.closed[state.rows]).any())
+
+    def select(self, confidence: torch.Tensor, k, view: StepView, length: int) -> torch.Tensor:
+        return super().select(confidence, self.count, view, length)
+
+
+class TokenEditing:
+    """LLaDA2.1 token-to-token editing, the revision part: a decided column (neither prompt nor mask: masks are the
+    mask-to-token rule's) is rewritten when the proposal differs from its token with probability > `threshold`
+    (strict: 0.0 accepts every change, 1.0 none). Columns unmasked in the same step are not edited."""
+
+    def __init__(self, threshold: float, mask_id: int | None = None) -> None:
+        self.threshold, self.mask_id = float(threshold), mask_id
+
+    def __call__(self, tokens, proposal, probs, fixed) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, W) current tokens, proposal, its probabilities and the non-editable columns -> (columns rewritten,
+        the tokens after the edits, edits per row)."""
+        edit = ~fixed & (proposal != tokens) & (probs > self.threshold)
+        return edit, torch.where(edit, proposal, tokens), edit.sum(-1)
+
+    def revise(self, inp, transfer, proposal, scores, confidence, new_window, view: StepView) -> tuple:
+        start, end = view.window
+        tokens = inp.x.narrow(1, start, end - start)
+        fixed = (tokens == self.mask_id) | inp.prompt_index.narrow(1, start, end - start)
+        edit = self(tokens, proposal, confidence, fixed)[0]  # `confidence`: the proposal's probability
+        return torch.where(edit, proposal, new_window), None, None, None
+
+
+class EditingStop(LLaDA2Stop):
+    """LLaDA2.1 stopping: closes each row's block on its own (a row whose block closed while others run on has the
+    step undone, so it gets its alone answer); default mode: early stop and stopping criteria see only finished
+    blocks (the current block can still be edited); official: the block-end EOS stop only with `early_stop`."""
+
+    def __init__(self, config, criteria) -> None:
+        super().__init__(config, criteria)
+        self.max_post = config.editing("max_post_steps")
+
+    def after_step(self, state, before: torch.Tensor, view: StepView) -> torch.Tensor | None:
+        (start, end), rows = view.window, state.rows
+        after, closed = state.x[rows, start:end], state.closed[rows]
+        after[closed] = before[closed]  # rows whose block closed earlier: this step is undone
+        state.x[rows, start:end] = after
+        closed |= ~(before == self.mask_id).any(-1) & (after == before).all(-1)  # filled nothing, edited nothing
+        post = state.post_steps[rows] + (~(after == self.mask_id).any(-1) & ~closed)
+        state.closed[rows], state.post_steps[rows] = closed | (post > self.max_post), post
+        if self.default is None or not (self.early_stop or self.default.criteria):
+            return None
+        state.x[rows, start:end] = self.mask_id  # the stops see the finished blocks only
+        finished = self.default.after_step(state, before, view)
+        state.x[rows[~finished], start:end] = after[~finished]
+        return finished
 
 
 class LLaDA2GenerationMixin(DiffusionGenerationMixin):

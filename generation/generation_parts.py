@@ -317,11 +317,11 @@ class ScheduleSelection:
     def __init__(self, config, extra_per_step: int = 0) -> None:
         self.infill, self.mask_id, self.extra_per_step = config.infill, config.mask_token_id, extra_per_step
 
-    def schedule(self, x: torch.Tensor, block: Block, length: int) -> tuple:
+    def schedule(self, state, block: Block, length: int) -> tuple:
         """(counts, k_max): a host list when every row commits the same number (the official case: no sync, one
         batched `topk`), else a (B_active, steps) tensor (infill counts prompt masks: one sync per block)."""
         if self.infill:
-            counts = (x[:, : block.end] == self.mask_id).sum(-1)
+            counts = (state.x[state.rows, : block.end] == self.mask_id).sum(-1)
             k_max = -(-int(counts.max()) // block.steps) if counts.numel() else 0
             schedule = transfer_schedule(counts, block.steps)
         else:
@@ -329,7 +329,7 @@ class ScheduleSelection:
             k_max = schedule[0]
         if self.extra_per_step:  # counts grow by what the previous step re-masked: per row
             if isinstance(schedule, list):
-                schedule = torch.tensor(schedule, device=x.device).expand(x.shape[0], -1)
+                schedule = torch.tensor(schedule, device=state.x.device).expand(state.rows.numel(), -1)
             k_max += self.extra_per_step
         return schedule, min(k_max, length)
 
@@ -353,7 +353,7 @@ class ThresholdSelection(ScheduleSelection):
         super().__init__(config)
         self.threshold, self.factor = config.threshold, config.factor
 
-    def schedule(self, x, block, length) -> tuple:
+    def schedule(self, state, block, length) -> tuple:
         return None, 0
 
     def open(self, state, block, step) -> bool:
@@ -388,10 +388,13 @@ class RemaskRevision:
             config.mask_token_id,
         )
 
-    def revise(self, inp, transfer, x0, scores, new_window, view: StepView) -> tuple:
+    budgeted = True  # the engine keeps commit probabilities and budgets on the state
+
+    def revise(self, inp, transfer, x0, scores, confidence, new_window, view: StepView) -> tuple:
         """(window, commit probabilities, budget left, re-masked per row)."""
         start, end = view.window
-        committed = inp.committed.narrow(1, start, end - start)
+        window, committed = inp.x.narrow(1, start, end - start), inp.committed.narrow(1, start, end - start)
+        x0 = torch.where(window == self.mask_id, x0, window)  # the proposal where masked, else the canvas token
         committed = torch.where(transfer, low_confidence(scores, x0).float(), committed)
         budget, remasked = inp.budget, torch.zeros_like(inp.budget)
         if view.allow_remask:

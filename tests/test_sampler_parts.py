@@ -10,7 +10,7 @@ class RightToLeft:
     """A toy selection rule: each step commits the rightmost masked column of the block (whatever its confidence);
     the block stays open while it holds a mask."""
 
-    def schedule(self, x, block, length):
+    def schedule(self, state, block, length):
         return None, 0  # no count schedule
 
     def open(self, state, block, step):

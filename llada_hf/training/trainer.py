@@ -10,7 +10,6 @@ from typing import Any
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from ..modeling.modeling_llada import check_token_reweighting
 from .data import DataReport, DiffusionCollator, prepare_dataset
 from .distributed import FSDP_TRAP, ParallelismError, fsdp_requested
 from .losses import (
@@ -18,6 +17,7 @@ from .losses import (
     EVAL_EPOCH,
     INDEX_COLUMN,
     annealed_attention_mask,
+    check_token_reweighting,
     diffusion_loss,
     mask_batch,
     sample_seed,
