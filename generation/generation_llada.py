@@ -395,8 +395,6 @@ class DiffusionGenerationMixin:
         recorded = {name: tuple(values) for name, values in state.recorded.items()}
         return DiffusionGenerateOutput(sequences=sequences, nfe=state.nfe, remasked=state.remasked, **recorded)
 
-    # -- generate()'s helpers -----------------------------------------------------------------------------------------
-
     def _diffusion_plan(self, input_ids, attention_mask, config, layout=None, steps_per_token=None) -> list:
         """Validate the request (ids, mask token, padding, prompt masks); return the layout's block plan."""
         mask_id = config.mask_token_id
