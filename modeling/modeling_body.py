@@ -22,7 +22,7 @@ from transformers.models.llama.modeling_llama import LlamaRMSNorm, eager_attenti
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs, can_return_tuple
 from transformers.utils.generic import merge_with_config_defaults
-from transformers.utils.output_capturing import capture_outputs
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 Tables = tuple[Tensor, Tensor]  # RoPE (cos, sin)
 
@@ -232,27 +232,27 @@ def run_experts(experts: nn.ModuleList, hidden_states, top_idx, top_weights) -> 
 
 
 class LLaDASparseMoeBlock(nn.Module):
-    """Router (`gate`), routed SwiGLU experts (`experts.{e}`), optional shared experts. A family gives
-    `route(tokens) -> (router_logits, top-k ids, their weights)` and `probabilities(router_logits)` (the router
-    probabilities of the auxiliary loss)."""
+    """Router (`gate`: tokens -> (router_logits, top-k weights, top-k ids), recorded by the body's
+    `_can_record_outputs`), routed SwiGLU experts (`experts.{e}`), optional shared experts. A family gives
+    `probabilities(router_logits)`: the router probabilities of the auxiliary loss."""
 
     def __init__(self, config, gate: nn.Module, expert_size: int, shared_size: int | None = None) -> None:
         super().__init__()
         self.gate = gate
         self.experts = nn.ModuleList([LLaDAMLP(config, expert_size) for _ in range(config.num_experts)])
         self.shared_experts = LLaDAMLP(config, shared_size) if shared_size else None
-        self.routing = None  # a list while the LM collects router logits (`output_router_logits`)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         shape = hidden_states.shape
         flat = hidden_states.reshape(-1, shape[-1])
-        router_logits, top_idx, top_weights = self.route(flat)
-        if self.routing is not None:
-            self.routing.append((router_logits, top_idx))
+        _, top_weights, top_idx = self.route(flat)
         output = run_experts(self.experts, flat, top_idx, top_weights)
         if self.shared_experts is not None:
             output = output + self.shared_experts(flat)
         return output.view(shape)
+
+    def route(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.gate(hidden_states)
 
 
 def load_balancing_loss(routings, num_experts: int, probabilities: Callable) -> torch.Tensor:
@@ -304,7 +304,12 @@ class LLaDAFamilyPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     _can_compile_fullgraph = False  # expert dispatch has data-dependent shapes (LLaDA-8B sets True)
-    _can_record_outputs = {"hidden_states": LLaDADecoderLayer, "attentions": LLaDAAttention}
+    _can_record_outputs = {  # a MoE block's `gate` returns (router_logits, top-k weights, top-k ids)
+        "hidden_states": LLaDADecoderLayer,
+        "attentions": LLaDAAttention,
+        "router_logits": OutputRecorder(nn.Module, index=0, layer_name="mlp.gate"),
+        "router_indices": OutputRecorder(nn.Module, index=2, layer_name="mlp.gate"),
+    }
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
@@ -340,6 +345,14 @@ class LLaDAFamilyPreTrainedModel(PreTrainedModel):
         finally:
             if auto_map is not None:
                 self.config.auto_map = auto_map
+
+
+@dataclass
+class LLaDAModelOutput(BaseModelOutput):
+    """`BaseModelOutput` plus, when recorded, each MoE layer's router logits and chosen experts (aux-loss counts)."""
+
+    router_logits: tuple[torch.Tensor, ...] | None = None
+    router_indices: tuple[torch.Tensor, ...] | None = None
 
 
 class LLaDAFamilyModel(LLaDAFamilyPreTrainedModel):
@@ -379,7 +392,7 @@ class LLaDAFamilyModel(LLaDAFamilyPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         past_key_values=None,
         **kwargs: Unpack[TransformersKwargs],
-    ) -> BaseModelOutput:
+    ) -> LLaDAModelOutput:
         """`attention_mask`: 2-D padding mask or 4-D (batch, 1, queries, keys) boolean / additive mask (`None`: full
         attention). `position_ids` default to `arange(seq)`: absolute columns, no correction for left padding (RoPE
         is relative and padding keys are masked out). With `past_key_values` (generation's caches) the inputs may be
@@ -405,7 +418,7 @@ class LLaDAFamilyModel(LLaDAFamilyPreTrainedModel):
         layer_kwargs = dict(position_embeddings=position_embeddings, attention_mask=mask, **kwargs)
         for decoder_layer in self.layers[: self.config.num_hidden_layers]:
             hidden_states = decoder_layer(hidden_states, past_key_values=past_key_values, **layer_kwargs)
-        return BaseModelOutput(last_hidden_state=self.norm(hidden_states))
+        return LLaDAModelOutput(last_hidden_state=self.norm(hidden_states))
 
 
 @dataclass
@@ -457,22 +470,17 @@ class LLaDAFamilyModelLM(LLaDAFamilyPreTrainedModel):
         MoE families: `output_router_logits` (default: the config's) returns the router logits and `aux_loss`, the
         Switch load-balancing loss (`load_balancing_loss`; every position counts, padding included), added to `loss`
         times `router_aux_loss_coef` with labels. Off in the official configs, which balance through `expert_bias`."""
-        output_router_logits = kwargs.pop("output_router_logits", None)
-        if output_router_logits is None:
-            output_router_logits = getattr(self.config, "output_router_logits", False)
-        moe = output_router_logits and self.moe_block is not None
-        blocks = [m for m in self.modules() if isinstance(m, self.moe_block)] if moe else []
-        for block in blocks:
-            block.routing = []
-        try:
-            inputs = dict(
-                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, return_dict=True
-            )
-            outputs = self.model(inputs_embeds=inputs_embeds, past_key_values=past_key_values, **inputs, **kwargs)
-            routings = [record for block in blocks for record in block.routing]
-        finally:
-            for block in blocks:
-                block.routing = None
+        routed = kwargs.pop("output_router_logits", getattr(self.config, "output_router_logits", False))
+        routed = bool(routed) and self.moe_block is not None
+        inputs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, return_dict=True)
+        outputs = self.model(
+            inputs_embeds=inputs_embeds,
+            past_key_values=past_key_values,
+            output_router_logits=routed,
+            output_router_indices=routed,
+            **inputs,
+            **kwargs,
+        )
         hidden_states = outputs.last_hidden_state
         if isinstance(logits_to_keep, torch.Tensor) and logits_to_keep.dtype == torch.bool:
             hidden_states = hidden_states[logits_to_keep.to(hidden_states.device)]
@@ -483,13 +491,13 @@ class LLaDAFamilyModelLM(LLaDAFamilyPreTrainedModel):
         out = dict(loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions)
         if self.moe_block is None:
             return MaskedLMOutput(**out)
-        aux_loss = None
-        if routings:
-            aux_loss = load_balancing_loss(routings, self.config.num_experts, self.moe_block.probabilities)
-            if loss is not None:
-                out["loss"] = loss + self.config.router_aux_loss_coef * aux_loss.to(loss.device)
-        router_logits = tuple(r for r, _ in routings) if output_router_logits else None
-        return MoeMaskedLMOutput(**out, aux_loss=aux_loss, router_logits=router_logits)
+        if not routed:
+            return MoeMaskedLMOutput(**out)
+        routings = list(zip(outputs.router_logits, outputs.router_indices))
+        aux_loss = load_balancing_loss(routings, self.config.num_experts, self.moe_block.probabilities)
+        if loss is not None:
+            out["loss"] = loss + self.config.router_aux_loss_coef * aux_loss.to(loss.device)
+        return MoeMaskedLMOutput(**out, aux_loss=aux_loss, router_logits=outputs.router_logits)
 
     def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, **kwargs) -> dict:
         """Pass-through, so peft's `CAUSAL_LM` wrapper can be built around this model."""

@@ -46,10 +46,6 @@ class LLaDA2SparseMoeBlock(LLaDASparseMoeBlock):
         shared = config.moe_intermediate_size * config.num_shared_experts
         super().__init__(config, LLaDAGroupedRouter(config), config.moe_intermediate_size, shared)
 
-    def route(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        router_logits, top_weights, top_idx = self.gate(hidden_states)
-        return router_logits, top_idx, top_weights
-
     @staticmethod
     def probabilities(router_logits: torch.Tensor) -> torch.Tensor:
         """The auxiliary loss's router probabilities: sigmoid scores normalised over the experts."""
