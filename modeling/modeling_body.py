@@ -533,22 +533,14 @@ def masked_diffusion_loss(
     *,
     token_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """The masked-diffusion loss: (1/b) sum_i (1/n_i) sum_{j: label != -100} CE(logits_ij, label_ij) / p_ij, in fp32.
+    """The masked-diffusion loss: (1/b) sum_i (1/n_i) sum_{j: label != -100} CE(logits_ij, label_ij) / p_ij, in fp32;
+    unshifted (position j predicts token j). The one implementation of the objective (models, training, likelihood).
 
-    The one implementation of the objective: the models' `labels=`/`p_mask=` loss, `llada_hf.training` and
-    `llada_hf.likelihood` (`normalizer` = 1: the ELBO's sum). `p_mask` broadcasts against `labels` ((b, 1) or (b, l)).
-    `normalizer` (b,) holds n_i: the answer length for SFT; by default the row length l (the paper's pre-training
-    normalisation by b * l). Unshifted: position j predicts token j. `token_transform` maps the per-token CE before
-    weighting (training's token reweighting). `p_mask` is required: without the 1/p_mask weights the sum is not the
-    ELBO, and the autoregressive habit `model(ids, labels=ids)` would train the model to copy its input.
-    """
+    `p_mask` ((b, 1) or (b, l)) is required: without the 1/p weights the sum is not the ELBO. `normalizer` (b,) holds
+    n_i (SFT: the answer length; likelihood: 1); by default the row length (pre-training's b * l). `token_transform`
+    maps the per-token CE before weighting (training's token reweighting)."""
     if p_mask is None:
-        raise ValueError(
-            "labels without p_mask: a masked-diffusion loss needs the noised input_ids, labels at the masked "
-            "positions (-100 elsewhere) and p_mask (each row's masking probability); `model(input_ids, labels="
-            "input_ids)` (the autoregressive habit) would train the model to copy its input. Use `llada_hf.training."
-            "pretraining_loss(model, input_ids)` / `sft_loss(...)`, or `forward_process` and pass its labels/p_mask."
-        )
+        raise ValueError(NEXT_TOKEN_LOSS_ERROR.format(why="labels without p_mask"))
     token_loss = F.cross_entropy(logits.float().transpose(1, 2), labels.to(logits.device), reduction="none")
     if token_transform is not None:
         token_loss = token_transform(token_loss)

@@ -11,14 +11,7 @@ from transformers.core_model_loading import WeightRenaming
 
 from .configuration_llada import LLaDAConfig
 from .generation_llada import DiffusionGenerationMixin, LLaDAGenerationConfig
-from .modeling_body import (
-    LLaDAFamilyModel,
-    LLaDAFamilyModelLM,
-    LLaDAFamilyPreTrainedModel,
-    LLaDARotaryEmbedding,
-    masked_diffusion_loss,
-    refuse_next_token_loss,
-)
+from .modeling_body import LLaDAFamilyModel, LLaDAFamilyModelLM, LLaDAFamilyPreTrainedModel, LLaDARotaryEmbedding
 
 # Official key -> native key, one anchored rule per tensor kind (one capture group each, as the loader expects).
 OFFICIAL_KEY_MAPPING = {
@@ -61,11 +54,4 @@ class LLaDAModelLM(LLaDAPreTrainedModel, LLaDAFamilyModelLM, DiffusionGeneration
     generation_config_class = LLaDAGenerationConfig
 
 
-__all__ = [
-    "LLaDAModel",
-    "LLaDAModelLM",
-    "LLaDAPreTrainedModel",
-    "OFFICIAL_KEY_MAPPING",
-    "masked_diffusion_loss",
-    "refuse_next_token_loss",
-]
+__all__ = ["LLaDAModel", "LLaDAModelLM", "LLaDAPreTrainedModel", "OFFICIAL_KEY_MAPPING"]

@@ -20,8 +20,6 @@ from .modeling_body import (
     LLaDAFamilyPreTrainedModel,
     LLaDAGroupedRouter,
     LLaDASparseMoeBlock,
-    MoeMaskedLMOutput,
-    load_balancing_loss,
 )
 
 # Official key -> native key, one anchored rule per tensor kind (one capture group each, as the loader expects).
@@ -77,11 +75,4 @@ class LLaDA2MoeModelLM(LLaDA2PreTrainedModel, LLaDAFamilyModelLM, LLaDA2Generati
     generation_config_class = LLaDA2GenerationConfig
 
 
-__all__ = [
-    "LLADA2_OFFICIAL_KEY_MAPPING",
-    "LLaDA2MoeModel",
-    "LLaDA2MoeModelLM",
-    "LLaDA2PreTrainedModel",
-    "MoeMaskedLMOutput",
-    "load_balancing_loss",
-]
+__all__ = ["LLADA2_OFFICIAL_KEY_MAPPING", "LLaDA2MoeModel", "LLaDA2MoeModelLM", "LLaDA2PreTrainedModel"]
