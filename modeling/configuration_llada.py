@@ -38,12 +38,6 @@ class LLaDAFamilyConfig(PreTrainedConfig):
     ones: shape keys a checkpoint's config.json must give), then `derive_defaults` and `validate_architecture`.
     Errors name the field and its official alias."""
 
-    keys_to_ignore_at_inference = ["past_key_values"]
-    base_model_pp_plan = {
-        "embed_tokens": (["input_ids"], ["inputs_embeds"]),
-        "layers": (["hidden_states", "attention_mask"], ["hidden_states"]),
-        "norm": (["hidden_states"], ["hidden_states"]),
-    }
     supported_switches = {"hidden_act": ("silu",)}
     int_fields = {}
     required_keys = ()

@@ -1,9 +1,8 @@
 """The body every LLaDA family shares: a Llama-shaped transformer with bidirectional attention, for masked diffusion.
 
-The family files keep only their deltas (key maps, attention variant, RoPE variant, MLP per layer, routers). The
-deltas from `transformers`' Llama: attention is never causal; a 2-D padding mask may cover more keys than there are
-queries (cached generation) and a 4-D mask (LLaDA2's block-causal one) is used as given; RoPE may cover only the
-first `rotary_dim` dimensions of a head; `masked_diffusion_loss` replaces the next-token loss.
+Family files keep their deltas (key maps, attention and RoPE variants, MLP per layer, routers). Deltas from Llama:
+attention is never causal; a 2-D padding mask may cover more keys than queries (cached generation), a 4-D mask
+(LLaDA2's block-causal one) is used as given; RoPE may cover part of a head; `masked_diffusion_loss` is the loss.
 """
 
 from collections.abc import Callable
@@ -95,8 +94,7 @@ class LLaDAPartialRotaryEmbedding(nn.Module):
         if self.inv_freq.dtype != torch.float32:  # `model.to(dtype)` cast the buffer: rebuild it in fp32
             self.inv_freq = inverse_frequencies(self.config).to(self.inv_freq.device)
         inv_freq = self.inv_freq.to(x.device)
-        device_type = x.device.type if x.device.type != "mps" else "cpu"
-        with torch.autocast(device_type=device_type, enabled=False):
+        with torch.autocast(device_type=x.device.type, enabled=False):
             freqs = position_ids[..., None].to(torch.float32) * inv_freq
             angles = torch.cat((freqs, freqs), dim=-1)
             cos, sin = angles.cos(), angles.sin()
@@ -222,9 +220,7 @@ class LLaDAGroupedRouter(DeepseekV3TopkRouter):
 def run_experts(experts: nn.ModuleList, hidden_states, top_idx, top_weights) -> torch.Tensor:
     """sum_k weight_k * expert_{idx_k}(x) per token, each expert run once on its tokens, accumulated in fp32."""
     output = torch.zeros(hidden_states.shape, dtype=torch.float32, device=hidden_states.device)
-    hit = torch.zeros(len(experts), dtype=torch.bool, device=top_idx.device)
-    hit[top_idx.flatten()] = True
-    for expert_idx in hit.nonzero().flatten().tolist():
+    for expert_idx in top_idx.unique().tolist():  # ascending, as the accumulation order has always been
         token_idx, slot = torch.where(top_idx == expert_idx)
         expert_out = experts[expert_idx](hidden_states[token_idx])
         output.index_add_(0, token_idx, expert_out.float() * top_weights[token_idx, slot, None].float())
@@ -436,7 +432,6 @@ class LLaDAFamilyModelLM(LLaDAFamilyPreTrainedModel):
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
     _tp_plan = {"lm_head": "colwise_gather_output"}
-    _pp_plan = {"lm_head": (["hidden_states"], ["logits"])}
     accepts_loss_kwargs = False  # the loss normalises itself; the Trainer must still divide by grad accumulation
     body_class: type
     moe_block: type | None = None
@@ -464,22 +459,17 @@ class LLaDAFamilyModelLM(LLaDAFamilyPreTrainedModel):
         past_key_values=None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> MaskedLMOutput:
-        """`logits_to_keep` runs the head only where logits are needed: a slice or index tensor of columns (the
-        sampler's block), or a boolean (batch, seq) mask (logits (n, vocab) of its true positions, row-major).
+        """`logits_to_keep`: a slice or index tensor of columns (the sampler's block), or a boolean (batch, seq) mask
+        (logits (n, vocab) of its true positions, row-major): the head runs only where logits are needed.
 
-        MoE families: `output_router_logits` (default: the config's) returns the router logits and `aux_loss`, the
-        Switch load-balancing loss (`load_balancing_loss`; every position counts, padding included), added to `loss`
-        times `router_aux_loss_coef` with labels. Off in the official configs, which balance through `expert_bias`."""
+        MoE: `output_router_logits` (default: the config's, off in the official ones, which balance through
+        `expert_bias`) returns the router logits and `aux_loss` (`load_balancing_loss`, padding included), added to
+        `loss` times `router_aux_loss_coef`."""
         routed = kwargs.pop("output_router_logits", getattr(self.config, "output_router_logits", False))
         routed = bool(routed) and self.moe_block is not None
-        inputs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, return_dict=True)
+        record = dict(return_dict=True, output_router_logits=routed, output_router_indices=routed)
         outputs = self.model(
-            inputs_embeds=inputs_embeds,
-            past_key_values=past_key_values,
-            output_router_logits=routed,
-            output_router_indices=routed,
-            **inputs,
-            **kwargs,
+            input_ids, attention_mask, position_ids, inputs_embeds, past_key_values, **record, **kwargs
         )
         hidden_states = outputs.last_hidden_state
         if isinstance(logits_to_keep, torch.Tensor) and logits_to_keep.dtype == torch.bool:

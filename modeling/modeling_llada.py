@@ -1,10 +1,7 @@
-"""LLaDA-8B: the shared body (`modeling_body.py`) with split q/k/v, no q/k norm, full fp32 RoPE and a dense MLP.
-
-RoPE tables are built once in fp32 on the CPU and q/k are rotated in fp32 (as the official code does, so bf16 results
-match it bit for bit); the embedding has no padding index (EOS = PAD is a training target); `generate()` is the
-diffusion sampler of `DiffusionGenerationMixin`. Official checkpoints (`model.transformer.blocks.{i}.q_proj`, ...)
-load unchanged: a conversion mapping for `model_type="llada"` renames their keys to these Llama-style names.
-"""
+"""LLaDA-8B: the shared body (`modeling_body.py`) with split q/k/v, no q/k norm, a dense MLP and full RoPE from fp32
+tables built on the CPU (so bf16 results match the official code bit for bit); no padding index (EOS = PAD is a
+training target). Official checkpoints (`model.transformer.blocks.{i}.q_proj`, ...) load unchanged: a conversion
+mapping for `model_type="llada"` renames their keys."""
 
 from transformers.conversion_mapping import register_checkpoint_conversion_mapping
 from transformers.core_model_loading import WeightRenaming
@@ -35,7 +32,6 @@ register_checkpoint_conversion_mapping(
 
 class LLaDAPreTrainedModel(LLaDAFamilyPreTrainedModel):
     config: LLaDAConfig
-    config_class = LLaDAConfig
     _can_compile_fullgraph = True
 
 

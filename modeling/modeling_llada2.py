@@ -1,12 +1,7 @@
-"""LLaDA2.0 (LLaDA2.0-mini, -flash): the shared body (`modeling_body.py`) with a fused q/k/v projection, q/k RMSNorm
-per head, RoPE on the first `rotary_dim` dimensions, and from layer `first_k_dense_replace` on a mixture of experts
-routed by transformers' DeepSeek-V3 router (sigmoid scores, expert bias used only to choose, group-limited choice,
-renormalised weights times `routed_scaling_factor`) plus the shared expert(s).
-
-Official checkpoints load unchanged: a conversion mapping for `model_type="llada2_moe"` renames `word_embeddings`,
-`attention.query_key_value` / `dense` / `query_layernorm` / `key_layernorm` at load time; the MLP keys (`mlp.gate`,
-`mlp.gate.expert_bias`, `mlp.experts.{e}`, `mlp.shared_experts`) are the official ones.
-"""
+"""LLaDA2.0 (-mini, -flash): the shared body (`modeling_body.py`) with fused q/k/v, q/k RMSNorm per head, RoPE on the
+first `rotary_dim` dimensions, and from layer `first_k_dense_replace` on experts routed by transformers' DeepSeek-V3
+router plus the shared expert(s). Official checkpoints load unchanged: a conversion mapping for `llada2_moe` renames
+the attention and embedding keys; the MLP keys are the official ones."""
 
 import torch
 from transformers.conversion_mapping import register_checkpoint_conversion_mapping
@@ -53,7 +48,6 @@ class LLaDA2SparseMoeBlock(LLaDASparseMoeBlock):
 
 class LLaDA2PreTrainedModel(LLaDAFamilyPreTrainedModel):
     config: LLaDA2MoeConfig
-    config_class = LLaDA2MoeConfig
 
 
 class LLaDA2MoeModel(LLaDA2PreTrainedModel, LLaDAFamilyModel):
@@ -66,9 +60,7 @@ class LLaDA2MoeModel(LLaDA2PreTrainedModel, LLaDAFamilyModel):
 
 
 class LLaDA2MoeModelLM(LLaDA2PreTrainedModel, LLaDAFamilyModelLM, LLaDA2GenerationMixin):
-    """LLaDA2.0 with its untied LM head; `generate()` is the LLaDA2.0 sampler (`generation_llada2.py`), `official=True`
-    reproducing the hub `generate()` token for token. Loss and router outputs: `LLaDAFamilyModelLM` (aux-loss
-    probabilities: the per-token-normalised sigmoid scores)."""
+    """LLaDA2.0 with its untied LM head; `generate()` is the LLaDA2.0 sampler (`generation_llada2.py`)."""
 
     body_class = LLaDA2MoeModel
     moe_block = LLaDA2SparseMoeBlock

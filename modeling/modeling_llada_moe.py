@@ -1,6 +1,5 @@
-"""LLaDA-MoE (LLaDA-MoE-7B-A1B, OLMoE-shaped): the shared body (`modeling_body.py`) with split q/k/v, q/k RMSNorm per
-head (`qk_layernorm`), partial RoPE, and per layer (`moe_layer_freq`) a dense SwiGLU MLP or a mixture of experts
-(softmax router, the expert bias *added to the probabilities*, top-k, renormalised only if `norm_topk_prob`) plus an
+"""LLaDA-MoE (7B-A1B, OLMoE-shaped): the shared body (`modeling_body.py`) with split q/k/v, q/k RMSNorm per head
+(`qk_layernorm`), partial RoPE, and per layer (`moe_layer_freq`) a dense SwiGLU MLP or softmax-routed experts plus an
 optional layer-level shared expert. Official checkpoints already use these key names.
 
 **Deviation from the official forward:** it drops any attention mask (full attention, padding included); this one
@@ -65,7 +64,6 @@ class LLaDAMoESparseMoeBlock(LLaDASparseMoeBlock):
 
 class LLaDAMoEPreTrainedModel(LLaDAFamilyPreTrainedModel):
     config: LLaDAMoEConfig
-    config_class = LLaDAMoEConfig
 
 
 class LLaDAMoEModel(LLaDAMoEPreTrainedModel, LLaDAFamilyModel):
@@ -81,8 +79,7 @@ class LLaDAMoEModel(LLaDAMoEPreTrainedModel, LLaDAFamilyModel):
 
 
 class LLaDAMoEModelLM(LLaDAMoEPreTrainedModel, LLaDAFamilyModelLM, DiffusionGenerationMixin):
-    """LLaDA-MoE with its untied LM head; `generate()` is the LLaDA sampler (the official ML-GSAI `generate.py`
-    semantics). Loss and router outputs: `LLaDAFamilyModelLM` (aux-loss probabilities: the router softmax)."""
+    """LLaDA-MoE with its untied LM head; `generate()` is the LLaDA sampler (the official `generate.py` semantics)."""
 
     body_class = LLaDAMoEModel
     moe_block = LLaDAMoESparseMoeBlock
