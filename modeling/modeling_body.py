@@ -35,45 +35,6 @@ def inverse_frequencies(config, device: torch.device | str = "cpu") -> torch.Ten
     return 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64, device=device).float() / dim))
 
 
-class LLaDARotaryEmbedding(nn.Module):
-    """fp32 RoPE tables built once on the CPU, as the official LLaDA-8B code does (CUDA-built tables differ in ~19% of
-    entries, which flips bf16 results); longer inputs regrow them on their device. q/k rotate in fp32, rounded once."""
-
-    def __init__(self, config) -> None:
-        super().__init__()
-        self.config = config
-        cos, sin = self.compute_tables(config, config.max_position_embeddings)
-        self.cos_cached = nn.Buffer(cos, persistent=False)
-        self.sin_cached = nn.Buffer(sin, persistent=False)
-
-    @staticmethod
-    def compute_tables(config, length: int, device: torch.device | str = "cpu"):
-        positions = torch.arange(length, device=device, dtype=torch.float)
-        freqs = torch.outer(positions, inverse_frequencies(config, device))
-        angles = torch.cat((freqs, freqs), dim=-1)
-        return angles.cos(), angles.sin()
-
-    def reset(self, config) -> None:
-        """Rebuild the non-persistent tables (not in checkpoints), on the CPU like the official code."""
-        cos, sin = self.compute_tables(config, config.max_position_embeddings)
-        init.copy_(self.cos_cached, cos)
-        init.copy_(self.sin_cached, sin)
-
-    def ensure_length(self, length: int) -> None:
-        """Grow the tables to `length` positions; also rebuilds tables that `model.to(dtype)` cast out of fp32."""
-        if self.cos_cached.dtype != torch.float32:
-            cos, sin = self.compute_tables(self.config, self.cos_cached.shape[0])
-            self.cos_cached, self.sin_cached = cos.to(self.cos_cached.device), sin.to(self.sin_cached.device)
-        if length > self.cos_cached.shape[0]:
-            self.cos_cached, self.sin_cached = self.compute_tables(self.config, length, self.cos_cached.device)
-
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor, position_ids: torch.LongTensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """fp32 (cos, sin) of shape (batch, seq, head_dim) for integer positions within the tables."""
-        device = position_ids.device
-        return self.cos_cached.to(device)[position_ids], self.sin_cached.to(device)[position_ids]
-
-
 class LLaDAPartialRotaryEmbedding(nn.Module):
     """RoPE over the first `config.rotary_dim` dimensions of a head, computed in fp32 per call, returned in `x`'s
     dtype (LLaDA2.0, LLaDA-MoE): any length works."""
@@ -195,28 +156,6 @@ class LLaDAMLP(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
-class LLaDAGroupedRouter(DeepseekV3TopkRouter):
-    """transformers' DeepSeek-V3 router (sigmoid scores, group-limited top-k, expert bias used only to choose,
-    renormalised weights times `routed_scaling_factor`) under the official LLaDA2 names `gate.weight` and
-    `gate.expert_bias` (a buffer trained by the recipe's balancing rule; absent without
-    `moe_router_enable_expert_bias`). Returns (router_logits fp32, top-k weights fp32, top-k expert ids)."""
-
-    def __init__(self, config) -> None:
-        nn.Module.__init__(self)
-        self.top_k, self.num_experts = config.num_experts_per_tok, config.num_experts
-        self.hidden_dim = config.hidden_size
-        self.num_group, self.topk_group = config.n_group, config.topk_group
-        self.norm_topk_prob = config.norm_topk_prob
-        self.routed_scaling_factor = config.routed_scaling_factor
-        self.weight = nn.Parameter(torch.empty(config.num_experts, config.hidden_size))
-        bias = torch.zeros(config.num_experts) if config.moe_router_enable_expert_bias else None
-        self.expert_bias = None if bias is None else nn.Buffer(bias)
-
-    @property
-    def e_score_correction_bias(self) -> torch.Tensor | float:
-        return 0.0 if self.expert_bias is None else self.expert_bias.float()
-
-
 def run_experts(experts: nn.ModuleList, hidden_states, top_idx, top_weights) -> torch.Tensor:
     """sum_k weight_k * expert_{idx_k}(x) per token, each expert run once on its tokens, accumulated in fp32."""
     output = torch.zeros(hidden_states.shape, dtype=torch.float32, device=hidden_states.device)
@@ -309,9 +248,9 @@ class LLaDAFamilyPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
-        if isinstance(module, (LLaDARotaryEmbedding, LLaDAPartialRotaryEmbedding)):
+        if "RotaryEmbedding" in type(module).__name__:  # transformers' rule too; every family's rotary has `reset`
             module.reset(self.config)  # non-persistent buffers are not in checkpoints: rebuilt after loading
-        elif isinstance(module, LLaDAGroupedRouter):
+        elif isinstance(module, DeepseekV3TopkRouter):  # LLaDA2's router
             init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
         if isinstance(getattr(module, "expert_bias", None), torch.Tensor):
             init.zeros_(module.expert_bias)

@@ -4,8 +4,10 @@ router plus the shared expert(s). Official checkpoints load unchanged: a convers
 the attention and embedding keys; the MLP keys are the official ones."""
 
 import torch
+from torch import nn
 from transformers.conversion_mapping import register_checkpoint_conversion_mapping
 from transformers.core_model_loading import WeightRenaming
+from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3TopkRouter
 
 from .configuration_llada2 import LLaDA2MoeConfig
 from .generation_llada2 import LLaDA2GenerationConfig, LLaDA2GenerationMixin
@@ -13,7 +15,6 @@ from .modeling_body import (
     LLaDAFamilyModel,
     LLaDAFamilyModelLM,
     LLaDAFamilyPreTrainedModel,
-    LLaDAGroupedRouter,
     LLaDASparseMoeBlock,
 )
 
@@ -30,6 +31,28 @@ register_checkpoint_conversion_mapping(
     [WeightRenaming(source, target) for source, target in LLADA2_OFFICIAL_KEY_MAPPING.items()],
     overwrite=True,
 )
+
+
+class LLaDAGroupedRouter(DeepseekV3TopkRouter):
+    """transformers' DeepSeek-V3 router (sigmoid scores, group-limited top-k, expert bias used only to choose,
+    renormalised weights times `routed_scaling_factor`) under the official LLaDA2 names `gate.weight` and
+    `gate.expert_bias` (a buffer trained by the recipe's balancing rule; absent without
+    `moe_router_enable_expert_bias`). Returns (router_logits fp32, top-k weights fp32, top-k expert ids)."""
+
+    def __init__(self, config) -> None:
+        nn.Module.__init__(self)
+        self.top_k, self.num_experts = config.num_experts_per_tok, config.num_experts
+        self.hidden_dim = config.hidden_size
+        self.num_group, self.topk_group = config.n_group, config.topk_group
+        self.norm_topk_prob = config.norm_topk_prob
+        self.routed_scaling_factor = config.routed_scaling_factor
+        self.weight = nn.Parameter(torch.empty(config.num_experts, config.hidden_size))
+        bias = torch.zeros(config.num_experts) if config.moe_router_enable_expert_bias else None
+        self.expert_bias = None if bias is None else nn.Buffer(bias)
+
+    @property
+    def e_score_correction_bias(self) -> torch.Tensor | float:
+        return 0.0 if self.expert_bias is None else self.expert_bias.float()
 
 
 class LLaDA2SparseMoeBlock(LLaDASparseMoeBlock):
