@@ -90,13 +90,9 @@ class LLaDAFamilyConfig(PreTrainedConfig):
         """Build the config. A dict that names its `architectures` is a checkpoint's config.json: it must give every
         shape key (a bare dict, e.g. `from_dict({"hidden_size": 64})`, keeps the class defaults for the others)."""
         if config_dict.get("architectures"):
-            aliases, given = cls.attribute_map, set(config_dict) | set(kwargs)
+            given = {cls.attribute_map.get(key, key) for key in (*config_dict, *kwargs)}  # official aliases count
             required = _REQUIRED_KEYS + cls.required_keys
-            missing = [
-                _key_names(name, aliases)
-                for name in required
-                if name not in given and not any(alias in given for alias, std in aliases.items() if std == name)
-            ]
+            missing = [_key_names(name, cls.attribute_map) for name in required if name not in given]
             if missing:
                 raise ValueError(
                     f"{cls.__name__}: the checkpoint config (architectures {config_dict['architectures']}) is missing "

@@ -299,7 +299,12 @@ class LLaDAFamilyModel(LLaDAFamilyPreTrainedModel):
     def __init__(self, config) -> None:
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList([self.make_layer(config, i) for i in range(config.num_hidden_layers)])
+        self.layers = nn.ModuleList(
+            LLaDADecoderLayer(
+                config, LLaDAAttention(config, i, **self.attention_options(config)), *self.make_mlp(config, i)
+            )
+            for i in range(config.num_hidden_layers)
+        )
         self.norm = LLaDARMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.rotary_emb = self.rotary_class(config)
         self.gradient_checkpointing = False
@@ -312,10 +317,6 @@ class LLaDAFamilyModel(LLaDAFamilyPreTrainedModel):
     def make_mlp(self, config, layer_idx: int) -> tuple[nn.Module, nn.Module | None]:
         """(MLP, layer-level shared expert or None) of layer `layer_idx`: by default a dense SwiGLU."""
         return LLaDAMLP(config, config.intermediate_size), None
-
-    def make_layer(self, config, layer_idx: int) -> LLaDADecoderLayer:
-        attention = LLaDAAttention(config, layer_idx, **self.attention_options(config))
-        return LLaDADecoderLayer(config, attention, *self.make_mlp(config, layer_idx))
 
     @merge_with_config_defaults
     @capture_outputs
