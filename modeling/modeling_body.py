@@ -405,7 +405,8 @@ class LLaDAFamilyModelLM(LLaDAFamilyPreTrainedModel):
         MoE: `output_router_logits` (default: the config's, off in the official ones, which balance through
         `expert_bias`) returns the router logits and `aux_loss` (`load_balancing_loss`, padding included), added to
         `loss` times `router_aux_loss_coef`."""
-        routed = kwargs.pop("output_router_logits", getattr(self.config, "output_router_logits", False))
+        routed = kwargs.pop("output_router_logits", None)  # None: the config's
+        routed = routed if routed is not None else getattr(self.config, "output_router_logits", False)
         routed = bool(routed) and self.moe_block is not None
         record = dict(return_dict=True, output_router_logits=routed, output_router_indices=routed)
         outputs = self.model(
