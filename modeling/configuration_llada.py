@@ -1,9 +1,8 @@
 """LLaDA-8B and LLaDA-MoE configurations, and the checks every family's config shares (`LLaDAFamilyConfig`).
 
-Both read their official `config.json` unchanged and say `model_type: "llada"`: `LLaDAConfig.from_dict` builds a
-`LLaDAMoEConfig` when the dict's `architectures` name a LLaDA-MoE class or, without `architectures`, when it has
-LLaDA-MoE-only keys (`LLADA_MOE_ARCHITECTURES`, `LLADA_MOE_KEYS`). Official switches this implementation does not
-compute are rejected, so an accepted config is one the model computes as the official code does.
+Both read their official `config.json` unchanged under `model_type: "llada"`; `LLaDAConfig.from_dict` hands a
+LLaDA-MoE dict (told by `architectures`, else by MoE-only keys) to `LLaDAMoEConfig`. Official switches this
+implementation does not compute are rejected: an accepted config is one the model computes as the official code does.
 """
 
 from transformers.configuration_utils import PreTrainedConfig
@@ -33,17 +32,10 @@ def _key_names(name: str, aliases: dict[str, str]) -> str:
 
 
 class LLaDAFamilyConfig(PreTrainedConfig):
-    """The checks of every family config: `supported_switches` (official switches with the only values supported),
-    `int_fields` (besides the shared ones: each set one an int >= its minimum), `required_keys` (besides the shared
-    ones: shape keys a checkpoint's config.json must give), then `derive_defaults` and `validate_architecture`.
-    Errors name the field and its official alias."""
+    """The checks of every family config, tables a family extends: `supported_switches` (official switches, the values
+    supported), `int_fields` (each an int >= its minimum), `required_keys` (shape keys a checkpoint must give); then
+    `derive_defaults` and `validate_architecture`. Errors name the field and its official alias."""
 
-    keys_to_ignore_at_inference = ["past_key_values"]
-    base_model_pp_plan = {
-        "embed_tokens": (["input_ids"], ["inputs_embeds"]),
-        "layers": (["hidden_states", "attention_mask"], ["hidden_states"]),
-        "norm": (["hidden_states"], ["hidden_states"]),
-    }
     supported_switches = {"hidden_act": ("silu",)}
     int_fields = {}
     required_keys = ()
@@ -96,13 +88,9 @@ class LLaDAFamilyConfig(PreTrainedConfig):
         """Build the config. A dict that names its `architectures` is a checkpoint's config.json: it must give every
         shape key (a bare dict, e.g. `from_dict({"hidden_size": 64})`, keeps the class defaults for the others)."""
         if config_dict.get("architectures"):
-            aliases, given = cls.attribute_map, set(config_dict) | set(kwargs)
+            given = {cls.attribute_map.get(key, key) for key in (*config_dict, *kwargs)}  # official aliases count
             required = _REQUIRED_KEYS + cls.required_keys
-            missing = [
-                _key_names(name, aliases)
-                for name in required
-                if name not in given and not any(alias in given for alias, std in aliases.items() if std == name)
-            ]
+            missing = [_key_names(name, cls.attribute_map) for name in required if name not in given]
             if missing:
                 raise ValueError(
                     f"{cls.__name__}: the checkpoint config (architectures {config_dict['architectures']}) is missing "
@@ -220,12 +208,10 @@ class LLaDAConfig(LLaDAFamilyConfig):
 class LLaDAMoEConfig(LLaDAFamilyConfig):
     r"""Configuration of a LLaDA-MoE masked-diffusion transformer (OLMoE-shaped; `architectures` ["LLaDAMoEModelLM"]).
 
-    Layer i is a mixture-of-experts layer when `moe_layer_freq[i]` is 1 (an int applies to every layer), else a dense
-    SwiGLU layer of `dense_intermediate_size`; experts of `expert_intermediate_size` (softmax router, `expert_bias`
-    added to the probabilities, top-k), plus a shared expert of `shared_expert_intermediate_size` when set.
+    Layer i routes to experts of `expert_intermediate_size` when `moe_layer_freq[i]` is 1 (an int: every layer), else
+    is a dense SwiGLU of `dense_intermediate_size`; plus a shared expert of `shared_expert_intermediate_size` if set.
     `routed_scaling_factor`, `router_num_group` and `router_topk_group` are read but, as officially, unused. The
-    defaults are not a published model (the 7B `config.json` was not available).
-    """
+    defaults are not a published model (the 7B `config.json` was not available)."""
 
     model_type = "llada"
     base_model_tp_plan = tp_plan("qkv", "mlp", "mlp.experts.*", "shared_expert")

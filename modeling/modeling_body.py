@@ -1,9 +1,8 @@
 """The body every LLaDA family shares: a Llama-shaped transformer with bidirectional attention, for masked diffusion.
 
-The family files keep only their deltas (key maps, attention variant, RoPE variant, MLP per layer, routers). The
-deltas from `transformers`' Llama: attention is never causal; a 2-D padding mask may cover more keys than there are
-queries (cached generation) and a 4-D mask (LLaDA2's block-causal one) is used as given; RoPE may cover only the
-first `rotary_dim` dimensions of a head; `masked_diffusion_loss` replaces the next-token loss.
+Family files keep their deltas (key maps, attention and RoPE variants, MLP per layer, routers). Deltas from Llama:
+attention is never causal; a 2-D padding mask may cover more keys than queries (cached generation), a 4-D mask
+(LLaDA2's block-causal one) is used as given; RoPE may cover part of a head; `masked_diffusion_loss` is the loss.
 """
 
 from collections.abc import Callable
@@ -22,7 +21,7 @@ from transformers.models.llama.modeling_llama import LlamaRMSNorm, eager_attenti
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs, can_return_tuple
 from transformers.utils.generic import merge_with_config_defaults
-from transformers.utils.output_capturing import capture_outputs
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 Tables = tuple[Tensor, Tensor]  # RoPE (cos, sin)
 
@@ -34,45 +33,6 @@ class LLaDARMSNorm(LlamaRMSNorm):
 def inverse_frequencies(config, device: torch.device | str = "cpu") -> torch.Tensor:
     dim = config.rotary_dim
     return 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64, device=device).float() / dim))
-
-
-class LLaDARotaryEmbedding(nn.Module):
-    """fp32 RoPE tables built once on the CPU, as the official LLaDA-8B code does (CUDA-built tables differ in ~19% of
-    entries, which flips bf16 results); longer inputs regrow them on their device. q/k rotate in fp32, rounded once."""
-
-    def __init__(self, config) -> None:
-        super().__init__()
-        self.config = config
-        cos, sin = self.compute_tables(config, config.max_position_embeddings)
-        self.cos_cached = nn.Buffer(cos, persistent=False)
-        self.sin_cached = nn.Buffer(sin, persistent=False)
-
-    @staticmethod
-    def compute_tables(config, length: int, device: torch.device | str = "cpu"):
-        positions = torch.arange(length, device=device, dtype=torch.float)
-        freqs = torch.outer(positions, inverse_frequencies(config, device))
-        angles = torch.cat((freqs, freqs), dim=-1)
-        return angles.cos(), angles.sin()
-
-    def reset(self, config) -> None:
-        """Rebuild the non-persistent tables (not in checkpoints), on the CPU like the official code."""
-        cos, sin = self.compute_tables(config, config.max_position_embeddings)
-        init.copy_(self.cos_cached, cos)
-        init.copy_(self.sin_cached, sin)
-
-    def ensure_length(self, length: int) -> None:
-        """Grow the tables to `length` positions; also rebuilds tables that `model.to(dtype)` cast out of fp32."""
-        if self.cos_cached.dtype != torch.float32:
-            cos, sin = self.compute_tables(self.config, self.cos_cached.shape[0])
-            self.cos_cached, self.sin_cached = cos.to(self.cos_cached.device), sin.to(self.sin_cached.device)
-        if length > self.cos_cached.shape[0]:
-            self.cos_cached, self.sin_cached = self.compute_tables(self.config, length, self.cos_cached.device)
-
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor, position_ids: torch.LongTensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """fp32 (cos, sin) of shape (batch, seq, head_dim) for integer positions within the tables."""
-        device = position_ids.device
-        return self.cos_cached.to(device)[position_ids], self.sin_cached.to(device)[position_ids]
 
 
 class LLaDAPartialRotaryEmbedding(nn.Module):
@@ -95,8 +55,7 @@ class LLaDAPartialRotaryEmbedding(nn.Module):
         if self.inv_freq.dtype != torch.float32:  # `model.to(dtype)` cast the buffer: rebuild it in fp32
             self.inv_freq = inverse_frequencies(self.config).to(self.inv_freq.device)
         inv_freq = self.inv_freq.to(x.device)
-        device_type = x.device.type if x.device.type != "mps" else "cpu"
-        with torch.autocast(device_type=device_type, enabled=False):
+        with torch.autocast(device_type=x.device.type, enabled=False):
             freqs = position_ids[..., None].to(torch.float32) * inv_freq
             angles = torch.cat((freqs, freqs), dim=-1)
             cos, sin = angles.cos(), angles.sin()
@@ -197,34 +156,10 @@ class LLaDAMLP(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
-class LLaDAGroupedRouter(DeepseekV3TopkRouter):
-    """transformers' DeepSeek-V3 router (sigmoid scores, group-limited top-k, expert bias used only to choose,
-    renormalised weights times `routed_scaling_factor`) under the official LLaDA2 names `gate.weight` and
-    `gate.expert_bias` (a buffer trained by the recipe's balancing rule; absent without
-    `moe_router_enable_expert_bias`). Returns (router_logits fp32, top-k weights fp32, top-k expert ids)."""
-
-    def __init__(self, config) -> None:
-        nn.Module.__init__(self)
-        self.top_k, self.num_experts = config.num_experts_per_tok, config.num_experts
-        self.hidden_dim = config.hidden_size
-        self.num_group, self.topk_group = config.n_group, config.topk_group
-        self.norm_topk_prob = config.norm_topk_prob
-        self.routed_scaling_factor = config.routed_scaling_factor
-        self.weight = nn.Parameter(torch.empty(config.num_experts, config.hidden_size))
-        bias = torch.zeros(config.num_experts) if config.moe_router_enable_expert_bias else None
-        self.expert_bias = None if bias is None else nn.Buffer(bias)
-
-    @property
-    def e_score_correction_bias(self) -> torch.Tensor | float:
-        return 0.0 if self.expert_bias is None else self.expert_bias.float()
-
-
 def run_experts(experts: nn.ModuleList, hidden_states, top_idx, top_weights) -> torch.Tensor:
     """sum_k weight_k * expert_{idx_k}(x) per token, each expert run once on its tokens, accumulated in fp32."""
     output = torch.zeros(hidden_states.shape, dtype=torch.float32, device=hidden_states.device)
-    hit = torch.zeros(len(experts), dtype=torch.bool, device=top_idx.device)
-    hit[top_idx.flatten()] = True
-    for expert_idx in hit.nonzero().flatten().tolist():
+    for expert_idx in top_idx.unique().tolist():  # ascending, as the accumulation order has always been
         token_idx, slot = torch.where(top_idx == expert_idx)
         expert_out = experts[expert_idx](hidden_states[token_idx])
         output.index_add_(0, token_idx, expert_out.float() * top_weights[token_idx, slot, None].float())
@@ -232,27 +167,27 @@ def run_experts(experts: nn.ModuleList, hidden_states, top_idx, top_weights) -> 
 
 
 class LLaDASparseMoeBlock(nn.Module):
-    """Router (`gate`), routed SwiGLU experts (`experts.{e}`), optional shared experts. A family gives
-    `route(tokens) -> (router_logits, top-k ids, their weights)` and `probabilities(router_logits)` (the router
-    probabilities of the auxiliary loss)."""
+    """Router (`gate`: tokens -> (router_logits, top-k weights, top-k ids), recorded by the body's
+    `_can_record_outputs`), routed SwiGLU experts (`experts.{e}`), optional shared experts. A family gives
+    `probabilities(router_logits)`: the router probabilities of the auxiliary loss."""
 
     def __init__(self, config, gate: nn.Module, expert_size: int, shared_size: int | None = None) -> None:
         super().__init__()
         self.gate = gate
         self.experts = nn.ModuleList([LLaDAMLP(config, expert_size) for _ in range(config.num_experts)])
         self.shared_experts = LLaDAMLP(config, shared_size) if shared_size else None
-        self.routing = None  # a list while the LM collects router logits (`output_router_logits`)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         shape = hidden_states.shape
         flat = hidden_states.reshape(-1, shape[-1])
-        router_logits, top_idx, top_weights = self.route(flat)
-        if self.routing is not None:
-            self.routing.append((router_logits, top_idx))
+        _, top_weights, top_idx = self.route(flat)
         output = run_experts(self.experts, flat, top_idx, top_weights)
         if self.shared_experts is not None:
             output = output + self.shared_experts(flat)
         return output.view(shape)
+
+    def route(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.gate(hidden_states)
 
 
 def load_balancing_loss(routings, num_experts: int, probabilities: Callable) -> torch.Tensor:
@@ -304,13 +239,18 @@ class LLaDAFamilyPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     _can_compile_fullgraph = False  # expert dispatch has data-dependent shapes (LLaDA-8B sets True)
-    _can_record_outputs = {"hidden_states": LLaDADecoderLayer, "attentions": LLaDAAttention}
+    _can_record_outputs = {  # a MoE block's `gate` returns (router_logits, top-k weights, top-k ids)
+        "hidden_states": LLaDADecoderLayer,
+        "attentions": LLaDAAttention,
+        "router_logits": OutputRecorder(nn.Module, index=0, layer_name="mlp.gate"),
+        "router_indices": OutputRecorder(nn.Module, index=2, layer_name="mlp.gate"),
+    }
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
-        if isinstance(module, (LLaDARotaryEmbedding, LLaDAPartialRotaryEmbedding)):
+        if "RotaryEmbedding" in type(module).__name__:  # transformers' rule too; every family's rotary has `reset`
             module.reset(self.config)  # non-persistent buffers are not in checkpoints: rebuilt after loading
-        elif isinstance(module, LLaDAGroupedRouter):
+        elif isinstance(module, DeepseekV3TopkRouter):  # LLaDA2's router
             init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
         if isinstance(getattr(module, "expert_bias", None), torch.Tensor):
             init.zeros_(module.expert_bias)
@@ -342,6 +282,14 @@ class LLaDAFamilyPreTrainedModel(PreTrainedModel):
                 self.config.auto_map = auto_map
 
 
+@dataclass
+class LLaDAModelOutput(BaseModelOutput):
+    """`BaseModelOutput` plus, when recorded, each MoE layer's router logits and chosen experts (aux-loss counts)."""
+
+    router_logits: tuple[torch.Tensor, ...] | None = None
+    router_indices: tuple[torch.Tensor, ...] | None = None
+
+
 class LLaDAFamilyModel(LLaDAFamilyPreTrainedModel):
     """The transformer body: embeddings, bidirectional layers, final norm. A family chooses `rotary_class`, the
     attention variant (`attention_options`) and each layer's MLP (`make_mlp`)."""
@@ -351,7 +299,12 @@ class LLaDAFamilyModel(LLaDAFamilyPreTrainedModel):
     def __init__(self, config) -> None:
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList([self.make_layer(config, i) for i in range(config.num_hidden_layers)])
+        self.layers = nn.ModuleList(
+            LLaDADecoderLayer(
+                config, LLaDAAttention(config, i, **self.attention_options(config)), *self.make_mlp(config, i)
+            )
+            for i in range(config.num_hidden_layers)
+        )
         self.norm = LLaDARMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.rotary_emb = self.rotary_class(config)
         self.gradient_checkpointing = False
@@ -365,10 +318,6 @@ class LLaDAFamilyModel(LLaDAFamilyPreTrainedModel):
         """(MLP, layer-level shared expert or None) of layer `layer_idx`: by default a dense SwiGLU."""
         return LLaDAMLP(config, config.intermediate_size), None
 
-    def make_layer(self, config, layer_idx: int) -> LLaDADecoderLayer:
-        attention = LLaDAAttention(config, layer_idx, **self.attention_options(config))
-        return LLaDADecoderLayer(config, attention, *self.make_mlp(config, layer_idx))
-
     @merge_with_config_defaults
     @capture_outputs
     def forward(
@@ -379,7 +328,7 @@ class LLaDAFamilyModel(LLaDAFamilyPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         past_key_values=None,
         **kwargs: Unpack[TransformersKwargs],
-    ) -> BaseModelOutput:
+    ) -> LLaDAModelOutput:
         """`attention_mask`: 2-D padding mask or 4-D (batch, 1, queries, keys) boolean / additive mask (`None`: full
         attention). `position_ids` default to `arange(seq)`: absolute columns, no correction for left padding (RoPE
         is relative and padding keys are masked out). With `past_key_values` (generation's caches) the inputs may be
@@ -405,7 +354,7 @@ class LLaDAFamilyModel(LLaDAFamilyPreTrainedModel):
         layer_kwargs = dict(position_embeddings=position_embeddings, attention_mask=mask, **kwargs)
         for decoder_layer in self.layers[: self.config.num_hidden_layers]:
             hidden_states = decoder_layer(hidden_states, past_key_values=past_key_values, **layer_kwargs)
-        return BaseModelOutput(last_hidden_state=self.norm(hidden_states))
+        return LLaDAModelOutput(last_hidden_state=self.norm(hidden_states))
 
 
 @dataclass
@@ -423,7 +372,6 @@ class LLaDAFamilyModelLM(LLaDAFamilyPreTrainedModel):
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
     _tp_plan = {"lm_head": "colwise_gather_output"}
-    _pp_plan = {"lm_head": (["hidden_states"], ["logits"])}
     accepts_loss_kwargs = False  # the loss normalises itself; the Trainer must still divide by grad accumulation
     body_class: type
     moe_block: type | None = None
@@ -451,28 +399,19 @@ class LLaDAFamilyModelLM(LLaDAFamilyPreTrainedModel):
         past_key_values=None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> MaskedLMOutput:
-        """`logits_to_keep` runs the head only where logits are needed: a slice or index tensor of columns (the
-        sampler's block), or a boolean (batch, seq) mask (logits (n, vocab) of its true positions, row-major).
+        """`logits_to_keep`: a slice or index tensor of columns (the sampler's block), or a boolean (batch, seq) mask
+        (logits (n, vocab) of its true positions, row-major): the head runs only where logits are needed.
 
-        MoE families: `output_router_logits` (default: the config's) returns the router logits and `aux_loss`, the
-        Switch load-balancing loss (`load_balancing_loss`; every position counts, padding included), added to `loss`
-        times `router_aux_loss_coef` with labels. Off in the official configs, which balance through `expert_bias`."""
-        output_router_logits = kwargs.pop("output_router_logits", None)
-        if output_router_logits is None:
-            output_router_logits = getattr(self.config, "output_router_logits", False)
-        moe = output_router_logits and self.moe_block is not None
-        blocks = [m for m in self.modules() if isinstance(m, self.moe_block)] if moe else []
-        for block in blocks:
-            block.routing = []
-        try:
-            inputs = dict(
-                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, return_dict=True
-            )
-            outputs = self.model(inputs_embeds=inputs_embeds, past_key_values=past_key_values, **inputs, **kwargs)
-            routings = [record for block in blocks for record in block.routing]
-        finally:
-            for block in blocks:
-                block.routing = None
+        MoE: `output_router_logits` (default: the config's, off in the official ones, which balance through
+        `expert_bias`) returns the router logits and `aux_loss` (`load_balancing_loss`, padding included), added to
+        `loss` times `router_aux_loss_coef`."""
+        routed = kwargs.pop("output_router_logits", None)  # None: the config's
+        routed = routed if routed is not None else getattr(self.config, "output_router_logits", False)
+        routed = bool(routed) and self.moe_block is not None
+        record = dict(return_dict=True, output_router_logits=routed, output_router_indices=routed)
+        outputs = self.model(
+            input_ids, attention_mask, position_ids, inputs_embeds, past_key_values, **record, **kwargs
+        )
         hidden_states = outputs.last_hidden_state
         if isinstance(logits_to_keep, torch.Tensor) and logits_to_keep.dtype == torch.bool:
             hidden_states = hidden_states[logits_to_keep.to(hidden_states.device)]
@@ -483,13 +422,13 @@ class LLaDAFamilyModelLM(LLaDAFamilyPreTrainedModel):
         out = dict(loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions)
         if self.moe_block is None:
             return MaskedLMOutput(**out)
-        aux_loss = None
-        if routings:
-            aux_loss = load_balancing_loss(routings, self.config.num_experts, self.moe_block.probabilities)
-            if loss is not None:
-                out["loss"] = loss + self.config.router_aux_loss_coef * aux_loss.to(loss.device)
-        router_logits = tuple(r for r, _ in routings) if output_router_logits else None
-        return MoeMaskedLMOutput(**out, aux_loss=aux_loss, router_logits=router_logits)
+        if not routed:
+            return MoeMaskedLMOutput(**out)
+        routings = list(zip(outputs.router_logits, outputs.router_indices))
+        aux_loss = load_balancing_loss(routings, self.config.num_experts, self.moe_block.probabilities)
+        if loss is not None:
+            out["loss"] = loss + self.config.router_aux_loss_coef * aux_loss.to(loss.device)
+        return MoeMaskedLMOutput(**out, aux_loss=aux_loss, router_logits=outputs.router_logits)
 
     def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, **kwargs) -> dict:
         """Pass-through, so peft's `CAUSAL_LM` wrapper can be built around this model."""
@@ -525,22 +464,14 @@ def masked_diffusion_loss(
     *,
     token_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """The masked-diffusion loss: (1/b) sum_i (1/n_i) sum_{j: label != -100} CE(logits_ij, label_ij) / p_ij, in fp32.
+    """The masked-diffusion loss: (1/b) sum_i (1/n_i) sum_{j: label != -100} CE(logits_ij, label_ij) / p_ij, in fp32;
+    unshifted (position j predicts token j). The one implementation of the objective (models, training, likelihood).
 
-    The one implementation of the objective: the models' `labels=`/`p_mask=` loss, `llada_hf.training` and
-    `llada_hf.likelihood` (`normalizer` = 1: the ELBO's sum). `p_mask` broadcasts against `labels` ((b, 1) or (b, l)).
-    `normalizer` (b,) holds n_i: the answer length for SFT; by default the row length l (the paper's pre-training
-    normalisation by b * l). Unshifted: position j predicts token j. `token_transform` maps the per-token CE before
-    weighting (training's token reweighting). `p_mask` is required: without the 1/p_mask weights the sum is not the
-    ELBO, and the autoregressive habit `model(ids, labels=ids)` would train the model to copy its input.
-    """
+    `p_mask` ((b, 1) or (b, l)) is required: without the 1/p weights the sum is not the ELBO. `normalizer` (b,) holds
+    n_i (SFT: the answer length; likelihood: 1); by default the row length (pre-training's b * l). `token_transform`
+    maps the per-token CE before weighting (training's token reweighting)."""
     if p_mask is None:
-        raise ValueError(
-            "labels without p_mask: a masked-diffusion loss needs the noised input_ids, labels at the masked "
-            "positions (-100 elsewhere) and p_mask (each row's masking probability); `model(input_ids, labels="
-            "input_ids)` (the autoregressive habit) would train the model to copy its input. Use `llada_hf.training."
-            "pretraining_loss(model, input_ids)` / `sft_loss(...)`, or `forward_process` and pass its labels/p_mask."
-        )
+        raise ValueError(NEXT_TOKEN_LOSS_ERROR.format(why="labels without p_mask"))
     token_loss = F.cross_entropy(logits.float().transpose(1, 2), labels.to(logits.device), reduction="none")
     if token_transform is not None:
         token_loss = token_transform(token_loss)

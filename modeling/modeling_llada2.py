@@ -1,16 +1,13 @@
-"""LLaDA2.0 (LLaDA2.0-mini, -flash): the shared body (`modeling_body.py`) with a fused q/k/v projection, q/k RMSNorm
-per head, RoPE on the first `rotary_dim` dimensions, and from layer `first_k_dense_replace` on a mixture of experts
-routed by transformers' DeepSeek-V3 router (sigmoid scores, expert bias used only to choose, group-limited choice,
-renormalised weights times `routed_scaling_factor`) plus the shared expert(s).
-
-Official checkpoints load unchanged: a conversion mapping for `model_type="llada2_moe"` renames `word_embeddings`,
-`attention.query_key_value` / `dense` / `query_layernorm` / `key_layernorm` at load time; the MLP keys (`mlp.gate`,
-`mlp.gate.expert_bias`, `mlp.experts.{e}`, `mlp.shared_experts`) are the official ones.
-"""
+"""LLaDA2.0 (-mini, -flash): the shared body (`modeling_body.py`) with fused q/k/v, q/k RMSNorm per head, RoPE on the
+first `rotary_dim` dimensions, and from layer `first_k_dense_replace` on experts routed by transformers' DeepSeek-V3
+router plus the shared expert(s). Official checkpoints load unchanged: a conversion mapping for `llada2_moe` renames
+the attention and embedding keys; the MLP keys are the official ones."""
 
 import torch
+from torch import nn
 from transformers.conversion_mapping import register_checkpoint_conversion_mapping
 from transformers.core_model_loading import WeightRenaming
+from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3TopkRouter
 
 from .configuration_llada2 import LLaDA2MoeConfig
 from .generation_llada2 import LLaDA2GenerationConfig, LLaDA2GenerationMixin
@@ -18,10 +15,7 @@ from .modeling_body import (
     LLaDAFamilyModel,
     LLaDAFamilyModelLM,
     LLaDAFamilyPreTrainedModel,
-    LLaDAGroupedRouter,
     LLaDASparseMoeBlock,
-    MoeMaskedLMOutput,
-    load_balancing_loss,
 )
 
 # Official key -> native key, one anchored rule per tensor kind (one capture group each, as the loader expects).
@@ -39,16 +33,34 @@ register_checkpoint_conversion_mapping(
 )
 
 
+class LLaDAGroupedRouter(DeepseekV3TopkRouter):
+    """transformers' DeepSeek-V3 router (sigmoid scores, group-limited top-k, expert bias used only to choose,
+    renormalised weights times `routed_scaling_factor`) under the official LLaDA2 names `gate.weight` and
+    `gate.expert_bias` (a buffer trained by the recipe's balancing rule; absent without
+    `moe_router_enable_expert_bias`). Returns (router_logits fp32, top-k weights fp32, top-k expert ids)."""
+
+    def __init__(self, config) -> None:
+        nn.Module.__init__(self)
+        self.top_k, self.num_experts = config.num_experts_per_tok, config.num_experts
+        self.hidden_dim = config.hidden_size
+        self.num_group, self.topk_group = config.n_group, config.topk_group
+        self.norm_topk_prob = config.norm_topk_prob
+        self.routed_scaling_factor = config.routed_scaling_factor
+        self.weight = nn.Parameter(torch.empty(config.num_experts, config.hidden_size))
+        bias = torch.zeros(config.num_experts) if config.moe_router_enable_expert_bias else None
+        self.expert_bias = None if bias is None else nn.Buffer(bias)
+
+    @property
+    def e_score_correction_bias(self) -> torch.Tensor | float:
+        return 0.0 if self.expert_bias is None else self.expert_bias.float()
+
+
 class LLaDA2SparseMoeBlock(LLaDASparseMoeBlock):
     """Grouped sigmoid router (`gate`), routed experts (`experts.{e}`) and shared expert(s) (`shared_experts`)."""
 
     def __init__(self, config: LLaDA2MoeConfig) -> None:
         shared = config.moe_intermediate_size * config.num_shared_experts
         super().__init__(config, LLaDAGroupedRouter(config), config.moe_intermediate_size, shared)
-
-    def route(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        router_logits, top_weights, top_idx = self.gate(hidden_states)
-        return router_logits, top_idx, top_weights
 
     @staticmethod
     def probabilities(router_logits: torch.Tensor) -> torch.Tensor:
@@ -59,7 +71,6 @@ class LLaDA2SparseMoeBlock(LLaDASparseMoeBlock):
 
 class LLaDA2PreTrainedModel(LLaDAFamilyPreTrainedModel):
     config: LLaDA2MoeConfig
-    config_class = LLaDA2MoeConfig
 
 
 class LLaDA2MoeModel(LLaDA2PreTrainedModel, LLaDAFamilyModel):
@@ -72,20 +83,11 @@ class LLaDA2MoeModel(LLaDA2PreTrainedModel, LLaDAFamilyModel):
 
 
 class LLaDA2MoeModelLM(LLaDA2PreTrainedModel, LLaDAFamilyModelLM, LLaDA2GenerationMixin):
-    """LLaDA2.0 with its untied LM head; `generate()` is the LLaDA2.0 sampler (`generation_llada2.py`), `official=True`
-    reproducing the hub `generate()` token for token. Loss and router outputs: `LLaDAFamilyModelLM` (aux-loss
-    probabilities: the per-token-normalised sigmoid scores)."""
+    """LLaDA2.0 with its untied LM head; `generate()` is the LLaDA2.0 sampler (`generation_llada2.py`)."""
 
     body_class = LLaDA2MoeModel
     moe_block = LLaDA2SparseMoeBlock
     generation_config_class = LLaDA2GenerationConfig
 
 
-__all__ = [
-    "LLADA2_OFFICIAL_KEY_MAPPING",
-    "LLaDA2MoeModel",
-    "LLaDA2MoeModelLM",
-    "LLaDA2PreTrainedModel",
-    "MoeMaskedLMOutput",
-    "load_balancing_loss",
-]
+__all__ = ["LLADA2_OFFICIAL_KEY_MAPPING", "LLaDA2MoeModel", "LLaDA2MoeModelLM", "LLaDA2PreTrainedModel"]

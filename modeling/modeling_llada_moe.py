@@ -1,6 +1,5 @@
-"""LLaDA-MoE (LLaDA-MoE-7B-A1B, OLMoE-shaped): the shared body (`modeling_body.py`) with split q/k/v, q/k RMSNorm per
-head (`qk_layernorm`), partial RoPE, and per layer (`moe_layer_freq`) a dense SwiGLU MLP or a mixture of experts
-(softmax router, the expert bias *added to the probabilities*, top-k, renormalised only if `norm_topk_prob`) plus an
+"""LLaDA-MoE (7B-A1B, OLMoE-shaped): the shared body (`modeling_body.py`) with split q/k/v, q/k RMSNorm per head
+(`qk_layernorm`), partial RoPE, and per layer (`moe_layer_freq`) a dense SwiGLU MLP or softmax-routed experts plus an
 optional layer-level shared expert. Official checkpoints already use these key names.
 
 **Deviation from the official forward:** it drops any attention mask (full attention, padding included); this one
@@ -28,25 +27,35 @@ for _class_name in ("LLaDAMoEModelLM", "LLaDAMoEModel"):
     register_checkpoint_conversion_mapping(_class_name, [], overwrite=True)
 
 
+class LLaDAMoERouter(nn.Linear):
+    """Softmax router: (router_logits, top-k weights, top-k ids), the block's `expert_bias` (official key
+    `mlp.expert_bias`, so not a router buffer) added to the probabilities."""
+
+    def __init__(self, config: LLaDAMoEConfig) -> None:
+        super().__init__(config.hidden_size, config.num_experts, bias=False)
+        self.top_k, self.norm_topk_prob = config.num_experts_per_tok, config.norm_topk_prob
+
+    def forward(self, hidden_states: torch.Tensor, expert_bias: torch.Tensor | None = None) -> tuple:
+        router_logits = super().forward(hidden_states)
+        probs = F.softmax(router_logits, dim=-1, dtype=torch.float32)
+        if expert_bias is not None:
+            probs = probs + expert_bias.float()
+        top_weights, top_idx = probs.topk(self.top_k, dim=-1)
+        if self.norm_topk_prob:
+            top_weights = top_weights / top_weights.sum(dim=-1, keepdim=True)
+        return router_logits, top_weights, top_idx
+
+
 class LLaDAMoESparseMoeBlock(LLaDASparseMoeBlock):
     """Softmax router (`gate`) with `expert_bias` added to the probabilities, top-k experts (`experts.{e}`)."""
 
     def __init__(self, config: LLaDAMoEConfig) -> None:
-        gate = nn.Linear(config.hidden_size, config.num_experts, bias=False)
-        super().__init__(config, gate, config.expert_intermediate_size)
-        self.top_k, self.norm_topk_prob = config.num_experts_per_tok, config.norm_topk_prob
+        super().__init__(config, LLaDAMoERouter(config), config.expert_intermediate_size)
         bias = torch.zeros(config.num_experts) if config.moe_router_enable_expert_bias else None
         self.expert_bias = None if bias is None else nn.Buffer(bias)
 
     def route(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        router_logits = self.gate(hidden_states)
-        probs = F.softmax(router_logits, dim=-1, dtype=torch.float32)
-        if self.expert_bias is not None:
-            probs = probs + self.expert_bias.float()
-        top_weights, top_idx = probs.topk(self.top_k, dim=-1)
-        if self.norm_topk_prob:
-            top_weights = top_weights / top_weights.sum(dim=-1, keepdim=True)
-        return router_logits, top_idx, top_weights
+        return self.gate(hidden_states, self.expert_bias)
 
     @staticmethod
     def probabilities(router_logits: torch.Tensor) -> torch.Tensor:
@@ -55,7 +64,6 @@ class LLaDAMoESparseMoeBlock(LLaDASparseMoeBlock):
 
 class LLaDAMoEPreTrainedModel(LLaDAFamilyPreTrainedModel):
     config: LLaDAMoEConfig
-    config_class = LLaDAMoEConfig
 
 
 class LLaDAMoEModel(LLaDAMoEPreTrainedModel, LLaDAFamilyModel):
@@ -71,8 +79,7 @@ class LLaDAMoEModel(LLaDAMoEPreTrainedModel, LLaDAFamilyModel):
 
 
 class LLaDAMoEModelLM(LLaDAMoEPreTrainedModel, LLaDAFamilyModelLM, DiffusionGenerationMixin):
-    """LLaDA-MoE with its untied LM head; `generate()` is the LLaDA sampler (the official ML-GSAI `generate.py`
-    semantics). Loss and router outputs: `LLaDAFamilyModelLM` (aux-loss probabilities: the router softmax)."""
+    """LLaDA-MoE with its untied LM head; `generate()` is the LLaDA sampler (the official `generate.py` semantics)."""
 
     body_class = LLaDAMoEModel
     moe_block = LLaDAMoESparseMoeBlock

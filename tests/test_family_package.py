@@ -131,5 +131,5 @@ def test_router_aux_loss_is_opt_in_and_trains_the_router(family):
     assert router.weight.grad is not None and router.weight.grad.abs().sum() > 0
     # Perfectly balanced routing with uniform probabilities gives exactly 1.
     top_idx = torch.arange(8).view(4, 2)
-    uniform = llada_hf.modeling.modeling_llada2.load_balancing_loss([(torch.zeros(4, 8), top_idx)], 8, torch.sigmoid)
+    uniform = llada_hf.modeling.modeling_body.load_balancing_loss([(torch.zeros(4, 8), top_idx)], 8, torch.sigmoid)
     assert uniform.item() == pytest.approx(4.0)  # sigmoid(0) = 0.5 per expert, not normalised: 8 * 0.5 = 4
