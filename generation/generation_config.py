@@ -12,7 +12,6 @@ from .generation_parts import (
     CONFIDENCE_RULES,
     Confidence,
     EosStop,
-    FactorSelection,
     Proposal,
     RemaskRevision,
     SamplerParts,
@@ -23,34 +22,12 @@ from .generation_parts import (
 )
 
 #: Every `GenerationConfig` field with a diffusion meaning (the README's option table says what each does).
-HONOURED_FIELDS = {
-    "max_length": "prompt + new tokens; `max_new_tokens` wins when both are given",
-    "max_new_tokens": "length of the canvas after the prompt",
-    "min_length": "as `min_new_tokens`, counted from the start of the prompt",
-    "min_new_tokens": "EOS cannot be proposed in the first `min_new_tokens` answer columns",
-    "do_sample": "Gumbel-max sampling of each masked position (else argmax)",
-    "temperature": "sampling temperature (official fp64 Gumbel noise); 0 = greedy",
-    "top_k": "proposal keeps the k most likely tokens (sampling only, as in transformers)",
-    **dict.fromkeys(
-        ("top_p", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff"), "filter of the tempered proposal"
-    ),
-    "repetition_penalty": "tokens already on the canvas (prompt and committed) are penalised at every masked position",
-    "bad_words_ids": "single-token entries are never proposed (multi-token entries are rejected: order-dependent)",
-    "sequence_bias": "single-token entries bias every proposal (multi-token entries are rejected: order-dependent)",
-    "suppress_tokens": "never proposed",
-    "begin_suppress_tokens": "never proposed in the first answer column",
-    "renormalize_logits": "log-softmax after the processors",
-    "remove_invalid_values": "nan/inf logits replaced before the processors",
-    "stop_strings": "checked on the final prefix (no mask before it); the rest of the row becomes EOS",
-    "num_return_sequences": "each prompt repeated",
-    "output_scores": "per step, the processed logits of the scored columns (`scores`)",
-    "output_logits": "per step, the raw logits of the scored columns (`logits`)",
-    "return_dict_in_generate": "a `DiffusionGenerateOutput`",
-    "use_cache": "no effect alone (no autoregressive cache); `False` conflicts with `cache='prefix'/'dual'`",
-    "pad_token_id": "left padding; must differ from the mask id",
-    "bos_token_id": "recorded only",
-    "eos_token_id": "EOS for early stop, stop strings, `min_new_tokens` and EOS suppression",
-}
+HONOURED_FIELDS = frozenset(
+    "max_length max_new_tokens min_length min_new_tokens do_sample temperature top_k top_p min_p typical_p "
+    "epsilon_cutoff eta_cutoff repetition_penalty bad_words_ids sequence_bias suppress_tokens begin_suppress_tokens "
+    "renormalize_logits remove_invalid_values stop_strings num_return_sequences output_scores output_logits "
+    "return_dict_in_generate use_cache pad_token_id bos_token_id eos_token_id".split()
+)
 
 #: Fields that have no diffusion meaning here, with what to use instead (any other non-default field is rejected too).
 REJECTED_FIELDS = {
@@ -211,22 +188,17 @@ class LLaDAGenerationConfig(GenerationConfig):
         finally:
             self.max_new_tokens = max_new_tokens
 
-    @property
-    def selection(self) -> str:
-        """The selection rule these fields choose: `schedule` (official), `threshold` or `factor`."""
-        return "threshold" if self.threshold is not None else "factor" if self.factor is not None else "schedule"
-
     def sampler_parts(self, logits_processor=None, stopping_criteria=None) -> SamplerParts:
         """The LLaDA sampler: relative blocks, processors + argmax/fp64 Gumbel, the `remasking` rule, the official
         schedule (or threshold/factor), ReMDM re-masking, EOS early stop / criteria, the whole canvas returned."""
-        selection = {"schedule": ScheduleSelection, "threshold": ThresholdSelection, "factor": FactorSelection}
         revision = RemaskRevision(self) if self.remask_budget else None
         extra = self.remask_per_step if revision is not None else 0
+        fast_dllm = self.threshold is not None or self.factor is not None
         return SamplerParts(
             layout=RelativeBlocks(self),
             proposal=Proposal(self, logits_processor),
             confidence=Confidence(self),
-            selection=selection[self.selection](self, extra),
+            selection=(ThresholdSelection if fast_dllm else ScheduleSelection)(self, extra),
             revision=revision,
             stopping=EosStop(self, stopping_criteria),
             finalise=canvas,

@@ -32,7 +32,7 @@ from .generation_config import (
     check_ids,
     left_pad,
 )
-from .generation_parts import CONFIDENCE_RULES, SamplerParts, StepView, as_list, estimate_step_bytes  # noqa: F401
+from .generation_parts import SamplerParts, StepView, as_list, estimate_step_bytes
 
 #: 8B special ids; used only when the model's vocabulary is the 8B one and its config does not name them.
 LLADA_8B_VOCAB, LLADA_8B_MASK, LLADA_8B_EOT = 126464, 126336, 126348

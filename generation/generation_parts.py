@@ -346,8 +346,9 @@ class ScheduleSelection:
 
 
 class ThresholdSelection(ScheduleSelection):
-    """Fast-dLLM parallel decoding: every candidate with confidence >= threshold, and at least the best one; a block
-    runs until it has no mask (one sync per step)."""
+    """Fast-dLLM parallel decoding: every candidate with confidence >= `threshold`, or with `factor` the largest n
+    with (n + 1)(1 - c_(n)) < factor (c sorted descending); at least the best one. A block runs until it has no mask
+    (one sync per step)."""
 
     def __init__(self, config, extra_per_step: int = 0) -> None:
         super().__init__(config)
@@ -360,13 +361,8 @@ class ThresholdSelection(ScheduleSelection):
         return bool((state.x[state.rows, : block.end] == self.mask_id).any())
 
     def select(self, confidence, k, view, length) -> torch.Tensor:
-        return select_count(confidence, ((confidence >= self.threshold) & (confidence > -torch.inf)).sum(-1))
-
-
-class FactorSelection(ThresholdSelection):
-    """Fast-dLLM's factor rule: the largest n with (n + 1)(1 - c_(n)) < factor, c sorted descending (at least 1)."""
-
-    def select(self, confidence, k, view, length) -> torch.Tensor:
+        if self.factor is None:
+            return select_count(confidence, ((confidence >= self.threshold) & (confidence > -torch.inf)).sum(-1))
         ranked = torch.sort(confidence.float(), dim=-1, descending=True).values
         n = torch.arange(1, ranked.shape[1] + 1, device=ranked.device)[None, :]
         ok = ((n + 1) * (1 - ranked) < self.factor) & (ranked > -torch.inf)
@@ -382,11 +378,8 @@ class RemaskRevision:
     was below `threshold` go back to mask (at most `budget` per row and block); the next step commits as many more."""
 
     def __init__(self, config) -> None:
-        self.threshold, self.per_step, self.mask_id = (
-            config.remask_threshold,
-            config.remask_per_step,
-            config.mask_token_id,
-        )
+        self.threshold, self.per_step = config.remask_threshold, config.remask_per_step
+        self.mask_id = config.mask_token_id
 
     budgeted = True  # the engine keeps commit probabilities and budgets on the state
 
