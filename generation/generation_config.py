@@ -86,22 +86,6 @@ REJECTED_KWARGS = {
     "past_key_values": "no autoregressive cache",
 }
 
-#: Filters of the sampled proposal: like transformers' warpers, they act only when sampling (warned otherwise).
-SAMPLING_FILTERS = {
-    "top_k": 0,
-    "top_p": 1.0,
-    "min_p": None,
-    "typical_p": 1.0,
-    "epsilon_cutoff": 0.0,
-    "eta_cutoff": 0.0,
-}
-
-
-def _filter_is_set(config, name: str) -> bool:
-    value = getattr(config, name, None)
-    return value is not None and value != SAMPLING_FILTERS[name]
-
-
 CACHE_MODES = ("none", "prefix", "dual")
 COMPILE_MODES = (False, True, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 

@@ -25,14 +25,12 @@ from transformers.utils import ModelOutput
 
 from .generation_config import (
     REJECTED_KWARGS,
-    SAMPLING_FILTERS,
     LLaDAGenerationConfig,
-    _filter_is_set,
     check_contract,
     check_ids,
     left_pad,
 )
-from .generation_parts import SamplerParts, StepView, as_list, estimate_step_bytes
+from .generation_parts import SamplerParts, StepView, as_list, estimate_step_bytes, set_filters
 
 #: 8B special ids; used only when the model's vocabulary is the 8B one and its config does not name them.
 LLADA_8B_VOCAB, LLADA_8B_MASK, LLADA_8B_EOT = 126464, 126336, 126348
@@ -227,7 +225,7 @@ class DiffusionGenerationMixin:
                     raise ValueError(f"{name} {token!r} is outside the model's vocabulary [0, {vocab}).")
         check_contract(config, kwargs)  # first: the base validate() would only warn that such flags "may be ignored"
         config.validate()
-        unused = [name for name in SAMPLING_FILTERS if _filter_is_set(config, name)]
+        unused = set_filters(config)
         if unused and not config.do_sample:
             warnings.warn(
                 f"{', '.join(unused)} only filter sampled proposals; with do_sample=False (greedy, as in "

@@ -98,7 +98,7 @@ class LLaDA2GenerationConfig(LLaDAGenerationConfig):
         stopping = (EditingStop if editing else LLaDA2Stop)(self, stopping_criteria)
         return SamplerParts(
             layout=AbsoluteBlocks(self),
-            proposal=(LLaDA21Proposal if editing else LLaDA2Proposal)(self, logits_processor),
+            proposal=LLaDA2Proposal(self, logits_processor),
             confidence=Confidence(self, temperature=0.0),  # the drawn token's probability (remasking low_confidence)
             selection=(EditingSelection if editing else CountThresholdSelection)(self),
             revision=TokenEditing(self.editing("editing_threshold"), self.mask_token_id) if editing else None,
@@ -149,11 +149,14 @@ def block_causal_mask(length: int, block_length: int, device=None) -> torch.Tens
 
 class LLaDA2Proposal(Proposal):
     """The engine's EOS bans and processors, then a multinomial draw from the tempered, filtered softmax (argmax at
-    temperature 0 unless official); the draw happens here, after the forward (the official order)."""
+    temperature 0 unless official); the draw happens here, after the forward (the official order). LLaDA2.1:
+    temperature 0 is argmax in both modes (2.1 has a greedy branch; official: on the raw logits); the default mode
+    never proposes the mask id (a committed mask would reopen the block)."""
 
     def __init__(self, config, logits_processor=None) -> None:
         super().__init__(config, logits_processor, temperature=0.0, warp_as_mask=False)
         self.official, self.top_k, self.top_p = config.official, config.top_k, config.top_p
+        self.editing = config.sampler == "llada2.1"
         self.sample_temperature = temperature_of(config)
         if self.official and config.temperature is not None:
             self.sample_temperature = float(config.temperature)  # official: `temperature` alone, do_sample unused
@@ -163,6 +166,10 @@ class LLaDA2Proposal(Proposal):
 
     def propose(self, logits: torch.Tensor, x: torch.Tensor, view: StepView, generator) -> tuple:
         """(x0, scores) with softmax(scores) the proposal distribution (the confidence rule reads it back)."""
+        if self.editing and self.official and self.sample_temperature == 0:
+            return logits.argmax(-1), logits
+        if self.editing and not self.official:
+            logits = logits.index_fill(-1, torch.tensor([self.mask_id], device=logits.device), -torch.inf)
         scores, temperature = self.process(logits, x, view), self.sample_temperature
         if self.official:
             if temperature > 0 and temperature != 1.0:
@@ -339,18 +346,6 @@ class LLaDA2Stop:
         after_first = (is_eos.cumsum(-1) - is_eos.long()) > 0
         fill = self.pad if self.pad is not None else eos[0]
         return torch.cat([x[:, :prompt_len], answer.masked_fill(after_first, fill)], dim=1)
-
-
-class LLaDA21Proposal(LLaDA2Proposal):
-    """LLaDA2.1: temperature 0 is argmax in both modes (2.1 has a greedy branch; official: on the raw logits); the
-    default mode never proposes the mask id (a committed mask would reopen the block)."""
-
-    def propose(self, logits: torch.Tensor, x: torch.Tensor, view: StepView, generator) -> tuple:
-        if self.official and self.sample_temperature == 0:
-            return logits.argmax(-1), logits
-        if not self.official:
-            logits = logits.index_fill(-1, torch.tensor([self.mask_id], device=logits.device), -torch.inf)
-        return super().propose(logits, x, view, generator)
 
 
 class EditingSelection(CountThresholdSelection):

@@ -227,20 +227,26 @@ def build_processors(config, user_processors) -> lp.LogitsProcessorList:
     return processors
 
 
-def build_warpers(c) -> lp.LogitsProcessorList:
-    """transformers' sampling filters that the config sets, in its order."""
-    return lp.LogitsProcessorList(
-        warper(value)
-        for wanted, warper, value in (
-            (c.top_k is not None and c.top_k != 0, lp.TopKLogitsWarper, c.top_k),
-            (c.top_p is not None and c.top_p < 1.0, lp.TopPLogitsWarper, c.top_p),
-            (c.min_p is not None, lp.MinPLogitsWarper, c.min_p),
-            (c.typical_p is not None and c.typical_p < 1.0, lp.TypicalLogitsWarper, c.typical_p),
-            (bool(c.epsilon_cutoff), lp.EpsilonLogitsWarper, c.epsilon_cutoff),
-            (bool(c.eta_cutoff), lp.EtaLogitsWarper, c.eta_cutoff),
-        )
-        if wanted
-    )
+#: transformers' sampling filters, in its order: field -> (value that turns it off, warper). Like transformers, they
+#: act only when sampling, and top_p / typical_p >= 1 are off.
+SAMPLING_FILTERS = {
+    "top_k": (0, lp.TopKLogitsWarper),
+    "top_p": (1.0, lp.TopPLogitsWarper),
+    "min_p": (None, lp.MinPLogitsWarper),
+    "typical_p": (1.0, lp.TypicalLogitsWarper),
+    "epsilon_cutoff": (0.0, lp.EpsilonLogitsWarper),
+    "eta_cutoff": (0.0, lp.EtaLogitsWarper),
+}
+
+
+def set_filters(config) -> list[str]:
+    """The sampling filters the config turns on."""
+    values = {name: (getattr(config, name, None), off) for name, (off, _) in SAMPLING_FILTERS.items()}
+    return [n for n, (v, off) in values.items() if v is not None and (v < off if off == 1.0 else v != off)]
+
+
+def build_warpers(config) -> lp.LogitsProcessorList:
+    return lp.LogitsProcessorList(SAMPLING_FILTERS[name][1](getattr(config, name)) for name in set_filters(config))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
