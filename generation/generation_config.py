@@ -91,34 +91,13 @@ COMPILE_MODES = (False, True, "default", "reduce-overhead", "max-autotune", "max
 
 
 class LLaDAGenerationConfig(GenerationConfig):
-    """`GenerationConfig` with the diffusion sampler's fields; saved as `generation_config.json`.
-
-    Args:
-        steps: denoising steps (= forwards) for the whole canvas; `None` means one token per step.
-        block_length: semi-autoregressive block size; `None` means one block spanning `max_new_tokens`.
-        remasking: confidence rule deciding which predictions are committed: one of `CONFIDENCE_RULES`.
-        cfg_scale: classifier-free guidance scale (0 = off); the unconditional branch masks the prompt.
-        threshold: Fast-dLLM threshold selection: commit every masked token of the block whose confidence is >=
-            threshold (at least one per step); the fixed schedule is then not used.
-        factor: Fast-dLLM factor selection: commit the n most confident tokens with (n + 1)(1 - c_n) < factor.
-        remask_budget / remask_threshold / remask_per_step: self-correction (ReMDM-conf, Wang et al. 2025,
-            arXiv:2503.00307): after each commit, up to `remask_per_step` earlier commits of the current block whose
-            proposal probability when committed was below `remask_threshold` are masked again and re-predicted in
-            the fuller context, at most `remask_budget` per row and block. The next step commits that many more
-            tokens, so the number of forwards is unchanged. 0 = off.
-        mask_token_id / eot_token_id: the `<|mdm_mask|>` and `<|eot_id|>` ids (default: the model config's).
-        suppress_eos_logits: forbid EOS (`logits_eos_inf` of the official sampler).
-        suppress_eos_confidence: `None`, `"official"` (the official `confidence_eos_eot_inf`, bug for bug) or
-            `"rank_last"` (what it intends: EOS/EoT predictions are committed only after every other candidate).
-        early_stop: per row, stop spending forwards once its answer is final up to the first EOS (rest: EOS).
-        infill: allow mask tokens inside the prompt; they are filled too (in the first block's steps).
-        output_history: with `return_dict_in_generate`, keep the canvas after every step.
-        fast: compute logits, sampling and confidences only on the current block's columns (the only candidates),
-            drawing random numbers in the official shapes; `False` runs the literal official computation.
-        cache: `"none"`, `"prefix"` or `"dual"` (Fast-dLLM KV caching, approximate by design).
-        compile: compile the whole denoising step (forward + proposal + selection + commit) with
-            `fullgraph=True`; `True` or a `torch.compile` mode such as `"reduce-overhead"` (CUDA graphs).
-    """
+    """`GenerationConfig` with the diffusion sampler's fields; saved as `generation_config.json`. The README's option
+    table describes each field. `steps` counts forwards for the whole canvas (None: one token per step);
+    `block_length` None is one block; `threshold` / `factor` choose Fast-dLLM selection instead of the official
+    count schedule; `remask_*` is ReMDM-conf self-correction (arXiv:2503.00307), 0 budget = off; `fast` computes
+    logits only on the current block (same tokens: the official random numbers are drawn in their full shapes);
+    `cache` "prefix" / "dual" is Fast-dLLM KV caching (approximate by design); `compile` compiles the whole step
+    with `fullgraph=True` (True or a `torch.compile` mode)."""
 
     _diffusion_defaults = dict(
         steps=None, block_length=None, remasking="low_confidence", cfg_scale=0.0, threshold=None, factor=None,

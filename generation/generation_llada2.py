@@ -37,22 +37,13 @@ from .generation_parts import (
 
 
 class LLaDA2GenerationConfig(LLaDAGenerationConfig):
-    """`LLaDAGenerationConfig` with the LLaDA2.0 sampler's fields and defaults.
+    """`LLaDAGenerationConfig` with the LLaDA2 fields and defaults (the README's LLaDA2 table describes each).
 
-    Args:
-        official: reproduce the official hub sampler bit for bit, quirks included (see the module docstring).
-        block_cache: keep the keys/values of finished blocks (exact under block-causal attention: same tokens as
-            recomputing the prefix; default True). `False` recomputes the prefix every step, as the official code.
-        minimal_topk: caps the steps per block at `max_new_tokens // minimal_topk` (official meaning; llada2.1: none).
-        sampler: `"llada2.0"` (default) or `"llada2.1"` (mask-to-token plus token-to-token editing, see
-            `TokenEditing`; LLaDA2.1-mini/flash have LLaDA2.0's architecture, so the sampler is the user's choice).
-        editing_threshold / max_post_steps / num_to_transfer: the llada2.1 fields (defaults 0.9 / 16 / 1 when None):
-            rewrite a decided answer token of the block whose new prediction has probability > editing_threshold
-            (1.0: no editing); up to max_post_steps more forwards once the block has no mask while edits happen;
-            commit at least num_to_transfer masks per forward (the llada2.1 count; `steps` has no effect there).
-        steps: steps **per block** (official meaning; default 32). block_length: default 32. threshold: commit every
-            masked column whose confidence is > threshold when they are at least the step's count (default 0.95;
-            `None` = the count schedule alone).
+    `steps` counts **per block** (official meaning). `official=True` reproduces the hub sampler bit for bit, quirks
+    included (module docstring). `block_cache` keeps finished blocks' keys: exact under block-causal attention.
+    `sampler="llada2.1"` adds token editing (`TokenEditing`): LLaDA2.1 checkpoints have LLaDA2.0's architecture, so
+    the sampler is the user's choice; its fields `editing_threshold` / `max_post_steps` / `num_to_transfer` are None
+    by default so that sampler="llada2.0" can refuse them (`EDITING_DEFAULTS` gives their values).
     """
 
     _diffusion_defaults = {
