@@ -57,21 +57,11 @@ REJECTED_FIELDS = {
     "continuous_batching_config": "continuous batching is autoregressive",
     "decoder_start_token_id": "no decoder start token",
     **dict.fromkeys(
-        (
-            "is_assistant",
-            "num_assistant_tokens",
-            "num_assistant_tokens_schedule",
-            "assistant_confidence_threshold",
-            "assistant_early_exit",
-            "assistant_lookbehind",
-            "target_lookbehind",
-            "assistant_ensemble_weight",
-        ),
+        "is_assistant num_assistant_tokens num_assistant_tokens_schedule assistant_confidence_threshold "
+        "assistant_early_exit assistant_lookbehind target_lookbehind assistant_ensemble_weight".split(),
         "assisted decoding is autoregressive",
     ),
-    **dict.fromkeys(
-        ("prompt_lookup_num_tokens", "max_matching_ngram_size"), "prompt-lookup decoding is autoregressive"
-    ),
+    **dict.fromkeys(("prompt_lookup_num_tokens", "max_matching_ngram_size"), "prompt-lookup is autoregressive"),
     "speculation_type": "speculative decoding is autoregressive",
     "top_h": "not implemented for the diffusion proposal",
 }
