@@ -12,7 +12,6 @@ from .generation_parts import (
     CONFIDENCE_RULES,
     Confidence,
     EosStop,
-    FactorSelection,
     Proposal,
     RemaskRevision,
     SamplerParts,
@@ -23,34 +22,12 @@ from .generation_parts import (
 )
 
 #: Every `GenerationConfig` field with a diffusion meaning (the README's option table says what each does).
-HONOURED_FIELDS = {
-    "max_length": "prompt + new tokens; `max_new_tokens` wins when both are given",
-    "max_new_tokens": "length of the canvas after the prompt",
-    "min_length": "as `min_new_tokens`, counted from the start of the prompt",
-    "min_new_tokens": "EOS cannot be proposed in the first `min_new_tokens` answer columns",
-    "do_sample": "Gumbel-max sampling of each masked position (else argmax)",
-    "temperature": "sampling temperature (official fp64 Gumbel noise); 0 = greedy",
-    "top_k": "proposal keeps the k most likely tokens (sampling only, as in transformers)",
-    **dict.fromkeys(
-        ("top_p", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff"), "filter of the tempered proposal"
-    ),
-    "repetition_penalty": "tokens already on the canvas (prompt and committed) are penalised at every masked position",
-    "bad_words_ids": "single-token entries are never proposed (multi-token entries are rejected: order-dependent)",
-    "sequence_bias": "single-token entries bias every proposal (multi-token entries are rejected: order-dependent)",
-    "suppress_tokens": "never proposed",
-    "begin_suppress_tokens": "never proposed in the first answer column",
-    "renormalize_logits": "log-softmax after the processors",
-    "remove_invalid_values": "nan/inf logits replaced before the processors",
-    "stop_strings": "checked on the final prefix (no mask before it); the rest of the row becomes EOS",
-    "num_return_sequences": "each prompt repeated",
-    "output_scores": "per step, the processed logits of the scored columns (`scores`)",
-    "output_logits": "per step, the raw logits of the scored columns (`logits`)",
-    "return_dict_in_generate": "a `DiffusionGenerateOutput`",
-    "use_cache": "no effect alone (no autoregressive cache); `False` conflicts with `cache='prefix'/'dual'`",
-    "pad_token_id": "left padding; must differ from the mask id",
-    "bos_token_id": "recorded only",
-    "eos_token_id": "EOS for early stop, stop strings, `min_new_tokens` and EOS suppression",
-}
+HONOURED_FIELDS = frozenset(
+    "max_length max_new_tokens min_length min_new_tokens do_sample temperature top_k top_p min_p typical_p "
+    "epsilon_cutoff eta_cutoff repetition_penalty bad_words_ids sequence_bias suppress_tokens begin_suppress_tokens "
+    "renormalize_logits remove_invalid_values stop_strings num_return_sequences output_scores output_logits "
+    "return_dict_in_generate use_cache pad_token_id bos_token_id eos_token_id".split()
+)
 
 #: Fields that have no diffusion meaning here, with what to use instead (any other non-default field is rejected too).
 REJECTED_FIELDS = {
@@ -80,21 +57,11 @@ REJECTED_FIELDS = {
     "continuous_batching_config": "continuous batching is autoregressive",
     "decoder_start_token_id": "no decoder start token",
     **dict.fromkeys(
-        (
-            "is_assistant",
-            "num_assistant_tokens",
-            "num_assistant_tokens_schedule",
-            "assistant_confidence_threshold",
-            "assistant_early_exit",
-            "assistant_lookbehind",
-            "target_lookbehind",
-            "assistant_ensemble_weight",
-        ),
+        "is_assistant num_assistant_tokens num_assistant_tokens_schedule assistant_confidence_threshold "
+        "assistant_early_exit assistant_lookbehind target_lookbehind assistant_ensemble_weight".split(),
         "assisted decoding is autoregressive",
     ),
-    **dict.fromkeys(
-        ("prompt_lookup_num_tokens", "max_matching_ngram_size"), "prompt-lookup decoding is autoregressive"
-    ),
+    **dict.fromkeys(("prompt_lookup_num_tokens", "max_matching_ngram_size"), "prompt-lookup is autoregressive"),
     "speculation_type": "speculative decoding is autoregressive",
     "top_h": "not implemented for the diffusion proposal",
 }
@@ -109,55 +76,18 @@ REJECTED_KWARGS = {
     "past_key_values": "no autoregressive cache",
 }
 
-#: Filters of the sampled proposal: like transformers' warpers, they act only when sampling (warned otherwise).
-SAMPLING_FILTERS = {
-    "top_k": 0,
-    "top_p": 1.0,
-    "min_p": None,
-    "typical_p": 1.0,
-    "epsilon_cutoff": 0.0,
-    "eta_cutoff": 0.0,
-}
-
-
-def _filter_is_set(config, name: str) -> bool:
-    value = getattr(config, name, None)
-    return value is not None and value != SAMPLING_FILTERS[name]
-
-
 CACHE_MODES = ("none", "prefix", "dual")
 COMPILE_MODES = (False, True, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 class LLaDAGenerationConfig(GenerationConfig):
-    """`GenerationConfig` with the diffusion sampler's fields; saved as `generation_config.json`.
-
-    Args:
-        steps: denoising steps (= forwards) for the whole canvas; `None` means one token per step.
-        block_length: semi-autoregressive block size; `None` means one block spanning `max_new_tokens`.
-        remasking: confidence rule deciding which predictions are committed: one of `CONFIDENCE_RULES`.
-        cfg_scale: classifier-free guidance scale (0 = off); the unconditional branch masks the prompt.
-        threshold: Fast-dLLM threshold selection: commit every masked token of the block whose confidence is >=
-            threshold (at least one per step); the fixed schedule is then not used.
-        factor: Fast-dLLM factor selection: commit the n most confident tokens with (n + 1)(1 - c_n) < factor.
-        remask_budget / remask_threshold / remask_per_step: self-correction (ReMDM-conf, Wang et al. 2025,
-            arXiv:2503.00307): after each commit, up to `remask_per_step` earlier commits of the current block whose
-            proposal probability when committed was below `remask_threshold` are masked again and re-predicted in
-            the fuller context, at most `remask_budget` per row and block. The next step commits that many more
-            tokens, so the number of forwards is unchanged. 0 = off.
-        mask_token_id / eot_token_id: the `<|mdm_mask|>` and `<|eot_id|>` ids (default: the model config's).
-        suppress_eos_logits: forbid EOS (`logits_eos_inf` of the official sampler).
-        suppress_eos_confidence: `None`, `"official"` (the official `confidence_eos_eot_inf`, bug for bug) or
-            `"rank_last"` (what it intends: EOS/EoT predictions are committed only after every other candidate).
-        early_stop: per row, stop spending forwards once its answer is final up to the first EOS (rest: EOS).
-        infill: allow mask tokens inside the prompt; they are filled too (in the first block's steps).
-        output_history: with `return_dict_in_generate`, keep the canvas after every step.
-        fast: compute logits, sampling and confidences only on the current block's columns (the only candidates),
-            drawing random numbers in the official shapes; `False` runs the literal official computation.
-        cache: `"none"`, `"prefix"` or `"dual"` (Fast-dLLM KV caching, approximate by design).
-        compile: compile the whole denoising step (forward + proposal + selection + commit) with
-            `fullgraph=True`; `True` or a `torch.compile` mode such as `"reduce-overhead"` (CUDA graphs).
-    """
+    """`GenerationConfig` with the diffusion sampler's fields; saved as `generation_config.json`. The README's option
+    table describes each field. `steps` counts forwards for the whole canvas (None: one token per step);
+    `block_length` None is one block; `threshold` / `factor` choose Fast-dLLM selection instead of the official
+    count schedule; `remask_*` is ReMDM-conf self-correction (arXiv:2503.00307), 0 budget = off; `fast` computes
+    logits only on the current block (same tokens: the official random numbers are drawn in their full shapes);
+    `cache` "prefix" / "dual" is Fast-dLLM KV caching (approximate by design); `compile` compiles the whole step
+    with `fullgraph=True` (True or a `torch.compile` mode)."""
 
     _diffusion_defaults = dict(
         steps=None, block_length=None, remasking="low_confidence", cfg_scale=0.0, threshold=None, factor=None,
@@ -211,22 +141,17 @@ class LLaDAGenerationConfig(GenerationConfig):
         finally:
             self.max_new_tokens = max_new_tokens
 
-    @property
-    def selection(self) -> str:
-        """The selection rule these fields choose: `schedule` (official), `threshold` or `factor`."""
-        return "threshold" if self.threshold is not None else "factor" if self.factor is not None else "schedule"
-
     def sampler_parts(self, logits_processor=None, stopping_criteria=None) -> SamplerParts:
         """The LLaDA sampler: relative blocks, processors + argmax/fp64 Gumbel, the `remasking` rule, the official
         schedule (or threshold/factor), ReMDM re-masking, EOS early stop / criteria, the whole canvas returned."""
-        selection = {"schedule": ScheduleSelection, "threshold": ThresholdSelection, "factor": FactorSelection}
         revision = RemaskRevision(self) if self.remask_budget else None
         extra = self.remask_per_step if revision is not None else 0
+        fast_dllm = self.threshold is not None or self.factor is not None
         return SamplerParts(
             layout=RelativeBlocks(self),
             proposal=Proposal(self, logits_processor),
             confidence=Confidence(self),
-            selection=selection[self.selection](self, extra),
+            selection=(ThresholdSelection if fast_dllm else ScheduleSelection)(self, extra),
             revision=revision,
             stopping=EosStop(self, stopping_criteria),
             finalise=canvas,

@@ -25,14 +25,12 @@ from transformers.utils import ModelOutput
 
 from .generation_config import (
     REJECTED_KWARGS,
-    SAMPLING_FILTERS,
     LLaDAGenerationConfig,
-    _filter_is_set,
     check_contract,
     check_ids,
     left_pad,
 )
-from .generation_parts import CONFIDENCE_RULES, SamplerParts, StepView, as_list, estimate_step_bytes  # noqa: F401
+from .generation_parts import SamplerParts, StepView, as_list, estimate_step_bytes, set_filters
 
 #: 8B special ids; used only when the model's vocabulary is the 8B one and its config does not name them.
 LLADA_8B_VOCAB, LLADA_8B_MASK, LLADA_8B_EOT = 126464, 126336, 126348
@@ -227,7 +225,7 @@ class DiffusionGenerationMixin:
                     raise ValueError(f"{name} {token!r} is outside the model's vocabulary [0, {vocab}).")
         check_contract(config, kwargs)  # first: the base validate() would only warn that such flags "may be ignored"
         config.validate()
-        unused = [name for name in SAMPLING_FILTERS if _filter_is_set(config, name)]
+        unused = set_filters(config)
         if unused and not config.do_sample:
             warnings.warn(
                 f"{', '.join(unused)} only filter sampled proposals; with do_sample=False (greedy, as in "
@@ -249,15 +247,9 @@ class DiffusionGenerationMixin:
         sampler_parts: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> torch.LongTensor | DiffusionGenerateOutput:
-        """Fill `max_new_tokens` masks after the prompt by iterative unmasking; returns prompt + answer.
-
-        1. Prepare: merge kwargs into the config, check the contract and the inputs (before any allocation), build
-           the parts (`config.sampler_parts()`), the canvas (prompt + masks) and the state. A batch whose rows need
-           different block grids (`layout.groups`, LLaDA2's padding alignment) runs as one call per group, merged.
-        2. Per block of the layout's plan: the selection's commit counts.
-        3. Per step, while the selection keeps the block open: a. forward; b. propose; c. score; d. select;
-           e. commit; f. revise (opt-in); g. stop rows that are final (after the step, and after the block).
-        4. Return the finalisation's sequences (or a `DiffusionGenerateOutput`).
+        """Fill `max_new_tokens` masks after the prompt by iterative unmasking; returns prompt + answer. The numbered
+        comments are the steps; a batch whose rows need different block grids (`layout.groups`, LLaDA2's padding
+        alignment) runs as one call per group, merged.
 
         Inputs may be left-padded (with `attention_mask`); right-padded rows are moved to the left (warned). With
         `infill=True`, mask tokens inside `inputs` are filled too and everything else stays fixed. `generator`
@@ -423,7 +415,14 @@ class DiffusionGenerationMixin:
     def _check_size(self, batch: int, length: int, window: int, sampling: bool, cfg: bool, device) -> None:
         """Refuse a request whose one step cannot fit in memory, before allocating anything."""
         needed = estimate_step_bytes(batch, length, window, self.config.vocab_size, sampling, cfg)
-        available = _available_bytes(device)
+        available = None
+        if device.type == "cuda":
+            available = torch.cuda.mem_get_info(device)[0]
+        elif device.type == "cpu" and hasattr(os, "sysconf"):
+            try:
+                available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+            except (ValueError, OSError):
+                pass
         if available is not None and needed > available:
             raise ValueError(
                 f"The request needs about {needed / 2**30:.1f} GiB per step (batch {batch}, canvas {length}), more "
@@ -462,17 +461,6 @@ class DiffusionGenerationMixin:
 
             compiled[mode] = run
         return compiled[mode]
-
-
-def _available_bytes(device: torch.device) -> int | None:
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    if device.type == "cpu" and hasattr(os, "sysconf"):
-        try:
-            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        except (ValueError, OSError):
-            return None
-    return None
 
 
 class _Stream:

@@ -37,22 +37,13 @@ from .generation_parts import (
 
 
 class LLaDA2GenerationConfig(LLaDAGenerationConfig):
-    """`LLaDAGenerationConfig` with the LLaDA2.0 sampler's fields and defaults.
+    """`LLaDAGenerationConfig` with the LLaDA2 fields and defaults (the README's LLaDA2 table describes each).
 
-    Args:
-        official: reproduce the official hub sampler bit for bit, quirks included (see the module docstring).
-        block_cache: keep the keys/values of finished blocks (exact under block-causal attention: same tokens as
-            recomputing the prefix; default True). `False` recomputes the prefix every step, as the official code.
-        minimal_topk: caps the steps per block at `max_new_tokens // minimal_topk` (official meaning; llada2.1: none).
-        sampler: `"llada2.0"` (default) or `"llada2.1"` (mask-to-token plus token-to-token editing, see
-            `TokenEditing`; LLaDA2.1-mini/flash have LLaDA2.0's architecture, so the sampler is the user's choice).
-        editing_threshold / max_post_steps / num_to_transfer: the llada2.1 fields (defaults 0.9 / 16 / 1 when None):
-            rewrite a decided answer token of the block whose new prediction has probability > editing_threshold
-            (1.0: no editing); up to max_post_steps more forwards once the block has no mask while edits happen;
-            commit at least num_to_transfer masks per forward (the llada2.1 count; `steps` has no effect there).
-        steps: steps **per block** (official meaning; default 32). block_length: default 32. threshold: commit every
-            masked column whose confidence is > threshold when they are at least the step's count (default 0.95;
-            `None` = the count schedule alone).
+    `steps` counts **per block** (official meaning). `official=True` reproduces the hub sampler bit for bit, quirks
+    included (module docstring). `block_cache` keeps finished blocks' keys: exact under block-causal attention.
+    `sampler="llada2.1"` adds token editing (`TokenEditing`): LLaDA2.1 checkpoints have LLaDA2.0's architecture, so
+    the sampler is the user's choice; its fields `editing_threshold` / `max_post_steps` / `num_to_transfer` are None
+    by default so that sampler="llada2.0" can refuse them (`EDITING_DEFAULTS` gives their values).
     """
 
     _diffusion_defaults = {
@@ -98,7 +89,7 @@ class LLaDA2GenerationConfig(LLaDAGenerationConfig):
         stopping = (EditingStop if editing else LLaDA2Stop)(self, stopping_criteria)
         return SamplerParts(
             layout=AbsoluteBlocks(self),
-            proposal=(LLaDA21Proposal if editing else LLaDA2Proposal)(self, logits_processor),
+            proposal=LLaDA2Proposal(self, logits_processor),
             confidence=Confidence(self, temperature=0.0),  # the drawn token's probability (remasking low_confidence)
             selection=(EditingSelection if editing else CountThresholdSelection)(self),
             revision=TokenEditing(self.editing("editing_threshold"), self.mask_token_id) if editing else None,
@@ -149,11 +140,14 @@ def block_causal_mask(length: int, block_length: int, device=None) -> torch.Tens
 
 class LLaDA2Proposal(Proposal):
     """The engine's EOS bans and processors, then a multinomial draw from the tempered, filtered softmax (argmax at
-    temperature 0 unless official); the draw happens here, after the forward (the official order)."""
+    temperature 0 unless official); the draw happens here, after the forward (the official order). LLaDA2.1:
+    temperature 0 is argmax in both modes (2.1 has a greedy branch; official: on the raw logits); the default mode
+    never proposes the mask id (a committed mask would reopen the block)."""
 
     def __init__(self, config, logits_processor=None) -> None:
         super().__init__(config, logits_processor, temperature=0.0, warp_as_mask=False)
         self.official, self.top_k, self.top_p = config.official, config.top_k, config.top_p
+        self.editing = config.sampler == "llada2.1"
         self.sample_temperature = temperature_of(config)
         if self.official and config.temperature is not None:
             self.sample_temperature = float(config.temperature)  # official: `temperature` alone, do_sample unused
@@ -163,6 +157,10 @@ class LLaDA2Proposal(Proposal):
 
     def propose(self, logits: torch.Tensor, x: torch.Tensor, view: StepView, generator) -> tuple:
         """(x0, scores) with softmax(scores) the proposal distribution (the confidence rule reads it back)."""
+        if self.editing and self.official and self.sample_temperature == 0:
+            return logits.argmax(-1), logits
+        if self.editing and not self.official:
+            logits = logits.index_fill(-1, torch.tensor([self.mask_id], device=logits.device), -torch.inf)
         scores, temperature = self.process(logits, x, view), self.sample_temperature
         if self.official:
             if temperature > 0 and temperature != 1.0:
@@ -339,18 +337,6 @@ class LLaDA2Stop:
         after_first = (is_eos.cumsum(-1) - is_eos.long()) > 0
         fill = self.pad if self.pad is not None else eos[0]
         return torch.cat([x[:, :prompt_len], answer.masked_fill(after_first, fill)], dim=1)
-
-
-class LLaDA21Proposal(LLaDA2Proposal):
-    """LLaDA2.1: temperature 0 is argmax in both modes (2.1 has a greedy branch; official: on the raw logits); the
-    default mode never proposes the mask id (a committed mask would reopen the block)."""
-
-    def propose(self, logits: torch.Tensor, x: torch.Tensor, view: StepView, generator) -> tuple:
-        if self.official and self.sample_temperature == 0:
-            return logits.argmax(-1), logits
-        if not self.official:
-            logits = logits.index_fill(-1, torch.tensor([self.mask_id], device=logits.device), -torch.inf)
-        return super().propose(logits, x, view, generator)
 
 
 class EditingSelection(CountThresholdSelection):

@@ -227,20 +227,26 @@ def build_processors(config, user_processors) -> lp.LogitsProcessorList:
     return processors
 
 
-def build_warpers(c) -> lp.LogitsProcessorList:
-    """transformers' sampling filters that the config sets, in its order."""
-    return lp.LogitsProcessorList(
-        warper(value)
-        for wanted, warper, value in (
-            (c.top_k is not None and c.top_k != 0, lp.TopKLogitsWarper, c.top_k),
-            (c.top_p is not None and c.top_p < 1.0, lp.TopPLogitsWarper, c.top_p),
-            (c.min_p is not None, lp.MinPLogitsWarper, c.min_p),
-            (c.typical_p is not None and c.typical_p < 1.0, lp.TypicalLogitsWarper, c.typical_p),
-            (bool(c.epsilon_cutoff), lp.EpsilonLogitsWarper, c.epsilon_cutoff),
-            (bool(c.eta_cutoff), lp.EtaLogitsWarper, c.eta_cutoff),
-        )
-        if wanted
-    )
+#: transformers' sampling filters, in its order: field -> (value that turns it off, warper). Like transformers, they
+#: act only when sampling, and top_p / typical_p >= 1 are off.
+SAMPLING_FILTERS = {
+    "top_k": (0, lp.TopKLogitsWarper),
+    "top_p": (1.0, lp.TopPLogitsWarper),
+    "min_p": (None, lp.MinPLogitsWarper),
+    "typical_p": (1.0, lp.TypicalLogitsWarper),
+    "epsilon_cutoff": (0.0, lp.EpsilonLogitsWarper),
+    "eta_cutoff": (0.0, lp.EtaLogitsWarper),
+}
+
+
+def set_filters(config) -> list[str]:
+    """The sampling filters the config turns on."""
+    values = {name: (getattr(config, name, None), off) for name, (off, _) in SAMPLING_FILTERS.items()}
+    return [n for n, (v, off) in values.items() if v is not None and (v < off if off == 1.0 else v != off)]
+
+
+def build_warpers(config) -> lp.LogitsProcessorList:
+    return lp.LogitsProcessorList(SAMPLING_FILTERS[name][1](getattr(config, name)) for name in set_filters(config))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -346,8 +352,9 @@ class ScheduleSelection:
 
 
 class ThresholdSelection(ScheduleSelection):
-    """Fast-dLLM parallel decoding: every candidate with confidence >= threshold, and at least the best one; a block
-    runs until it has no mask (one sync per step)."""
+    """Fast-dLLM parallel decoding: every candidate with confidence >= `threshold`, or with `factor` the largest n
+    with (n + 1)(1 - c_(n)) < factor (c sorted descending); at least the best one. A block runs until it has no mask
+    (one sync per step)."""
 
     def __init__(self, config, extra_per_step: int = 0) -> None:
         super().__init__(config)
@@ -360,13 +367,8 @@ class ThresholdSelection(ScheduleSelection):
         return bool((state.x[state.rows, : block.end] == self.mask_id).any())
 
     def select(self, confidence, k, view, length) -> torch.Tensor:
-        return select_count(confidence, ((confidence >= self.threshold) & (confidence > -torch.inf)).sum(-1))
-
-
-class FactorSelection(ThresholdSelection):
-    """Fast-dLLM's factor rule: the largest n with (n + 1)(1 - c_(n)) < factor, c sorted descending (at least 1)."""
-
-    def select(self, confidence, k, view, length) -> torch.Tensor:
+        if self.factor is None:
+            return select_count(confidence, ((confidence >= self.threshold) & (confidence > -torch.inf)).sum(-1))
         ranked = torch.sort(confidence.float(), dim=-1, descending=True).values
         n = torch.arange(1, ranked.shape[1] + 1, device=ranked.device)[None, :]
         ok = ((n + 1) * (1 - ranked) < self.factor) & (ranked > -torch.inf)
@@ -382,11 +384,8 @@ class RemaskRevision:
     was below `threshold` go back to mask (at most `budget` per row and block); the next step commits as many more."""
 
     def __init__(self, config) -> None:
-        self.threshold, self.per_step, self.mask_id = (
-            config.remask_threshold,
-            config.remask_per_step,
-            config.mask_token_id,
-        )
+        self.threshold, self.per_step = config.remask_threshold, config.remask_per_step
+        self.mask_id = config.mask_token_id
 
     budgeted = True  # the engine keeps commit probabilities and budgets on the state
 

@@ -159,7 +159,7 @@ def _load(args: argparse.Namespace):
 
 def _add_generation_args(parser: argparse.ArgumentParser) -> None:
     """Sampler flags; each one not given leaves the model's own `generation_config.json` value in force."""
-    from .generation.generation_llada import CONFIDENCE_RULES
+    from .generation.generation_parts import CONFIDENCE_RULES
 
     group = parser.add_argument_group("generation (default: the model's generation_config.json)")
     group.add_argument("--max-new-tokens", type=positive_int, help="answer length (masks after the prompt)")

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedConfig
 
-from .generation.generation_llada import CONFIDENCE_RULES
+from .generation.generation_parts import CONFIDENCE_RULES
 from .loading import ATTN_IMPLEMENTATIONS
 
 Device = int | str
