@@ -6,6 +6,7 @@ from .generation_llada import (
     DiffusionSampler,
     LLaDAGenerationConfig,
     classifier_free_guidance,
+    estimate_step_bytes,
 )
 
 __all__ = [
@@ -14,4 +15,5 @@ __all__ = [
     "DiffusionSampler",
     "LLaDAGenerationConfig",
     "classifier_free_guidance",
+    "estimate_step_bytes",
 ]
