@@ -1,5 +1,6 @@
-"""The LLaDA2.0 sampler as a strategy of the diffusion engine: `LLaDA2GenerationConfig`, `LLaDA2Sampler` and
-`LLaDA2GenerationMixin` (the engine's `generate()` loop, with the LLaDA2 block plan, schedule, attention and stops).
+"""The LLaDA2.0 and LLaDA2.1 samplers as a strategy of the diffusion engine: `LLaDA2GenerationConfig`,
+`LLaDA2Sampler` / `LLaDA21Sampler` (+ the `TokenEditing` part) and `LLaDA2GenerationMixin` (the engine's `generate()`
+loop, with the LLaDA2 block plan, schedule, attention and stops).
 
 The official sampler (the `generate()` of the hub `modeling_llada2_moe.py`) differs from the LLaDA-8B one:
 
@@ -44,7 +45,28 @@ Two modes (the generation-config field `official`):
 
 Official keyword names map to: `gen_length` -> `max_new_tokens`, `eos_id` -> `eos_token_id`, `mask_id` ->
 `mask_token_id`, `eos_early_stop` -> `early_stop`; `steps`, `block_length`, `threshold`, `minimal_topk`,
-`temperature`, `top_k`, `top_p` keep their names (and official defaults: 32, 32, 0.95, 1).
+`temperature`, `top_k`, `top_p` keep their names (and official defaults: 32, 32, 0.95, 1); so do the 2.1 fields
+`editing_threshold`, `max_post_steps`, `num_to_transfer` (defaults 0.9, 16, 1).
+
+LLaDA2.1 (`sampler="llada2.1"`; same architecture and config.json as 2.0, so the user chooses): every forward proposes
+the block, commits the masked columns with probability > `threshold` (else the `num_to_transfer` best), and
+`TokenEditing` rewrites decided answer columns of the block whose proposal differs with probability >
+`editing_threshold`; once the block has no mask it gets up to `max_post_steps` more forwards while edits happen, and
+closes after a forward that fills nothing and edits nothing. `steps` and `minimal_topk` have no effect. With
+`official=True` it is the hub `generate()` token for token and forward for forward (batch 1): its 0/1 mask **added**
+to the attention scores (not block-causal; no cache is exact under it, so `block_cache` is not used), temperature 0 =
+argmax (2.1 has that branch), one multinomial draw per forward at T > 0 (post-mask forwards too), the mask id not
+banned, the block-end EOS stop only with `early_stop`, and the new tokens cut after the first EOS returned.
+Default mode follows the intent where the text differs:
+
+* block-causal attention (0/-inf, as 2.0): a block never sees later (all-mask) blocks, and the exact block cache
+  works (`block_cache=True`): editing only touches the current block, so finished blocks' keys never change;
+* greedy at temperature 0, the engine's processors and warpers at T > 0 (as 2.0's default mode);
+* the mask id is never proposed (a committed mask would reopen the block);
+* rows of a batch close their blocks on their own (a row whose block closed while others run on has that step undone),
+  so each row gets its alone answer; after each block, rows whose answer holds an EOS stop (as 2.0);
+* `early_stop` and stopping criteria see only finished blocks (the current block can still be edited);
+* `sequences` in the transformers shape (prompt + `max_new_tokens`, padded after the first EOS).
 """
 
 import copy
@@ -59,8 +81,12 @@ from .generation_llada import (
     DiffusionGenerationMixin,
     DiffusionSampler,
     LLaDAGenerationConfig,
+    StepOutput,
     _as_list,
+    _check_choice,
     _check_int,
+    _check_number,
+    low_confidence,
     select_topk,
 )
 
@@ -72,7 +98,13 @@ class LLaDA2GenerationConfig(LLaDAGenerationConfig):
         official: reproduce the official hub sampler bit for bit, quirks included (see the module docstring).
         block_cache: keep the keys/values of finished blocks (exact under block-causal attention: same tokens as
             recomputing the prefix; default True). `False` recomputes the prefix every step, as the official code.
-        minimal_topk: caps the steps per block at `max_new_tokens // minimal_topk` (official meaning).
+        minimal_topk: caps the steps per block at `max_new_tokens // minimal_topk` (official meaning; llada2.1: none).
+        sampler: `"llada2.0"` (default) or `"llada2.1"` (mask-to-token plus token-to-token editing, see
+            `TokenEditing`; LLaDA2.1-mini/flash have LLaDA2.0's architecture, so the sampler is the user's choice).
+        editing_threshold / max_post_steps / num_to_transfer: the llada2.1 fields (defaults 0.9 / 16 / 1 when None):
+            rewrite a committed answer token of the block whose new prediction has probability > editing_threshold
+            (1.0: no editing); up to max_post_steps more forwards once the block has no mask while edits happen;
+            commit at least num_to_transfer masks per forward (the llada2.1 count; `steps` has no effect there).
         steps: steps **per block** (official meaning; default 32). block_length: default 32. threshold: commit every
             masked column whose confidence is > threshold when they are at least the step's count (default 0.95;
             `None` = the count schedule alone).
@@ -86,11 +118,20 @@ class LLaDA2GenerationConfig(LLaDAGenerationConfig):
         "minimal_topk": 1,
         "official": False,
         "block_cache": True,
+        "sampler": "llada2.0",
+        "editing_threshold": None,
+        "max_post_steps": None,
+        "num_to_transfer": None,
     }
 
     def validate(self, strict: bool = False, user_set_attributes: set[str] | None = None):
         super().validate(strict=strict, user_set_attributes=user_set_attributes)
         validate_llada2(self)
+
+
+SAMPLERS = ("llada2.0", "llada2.1")
+#: The llada2.1 fields and their values when left None (the official `generate()` defaults).
+EDITING_DEFAULTS = {"editing_threshold": 0.9, "max_post_steps": 16, "num_to_transfer": 1}
 
 
 #: Engine options the LLaDA2 sampler does not have, with the reason (checked for every config a LLaDA2 model gets).
@@ -115,6 +156,21 @@ def validate_llada2(config) -> None:
             raise ValueError(f"{name} must be True or False, got {getattr(config, name)!r}.")
     if config.steps is None or config.block_length is None:
         raise ValueError("LLaDA2 generate() needs steps (per block) and block_length.")
+    sampler = getattr(config, "sampler", "llada2.0")
+    _check_choice("sampler", sampler, SAMPLERS)
+    if sampler == "llada2.0":
+        for name in EDITING_DEFAULTS:
+            if getattr(config, name, None) is not None:
+                raise ValueError(
+                    f"{name} is a token-editing field of sampler='llada2.1'; sampler='llada2.0' would ignore it. "
+                    "Pass sampler='llada2.1' (LLaDA2.1 checkpoints) or drop it."
+                )
+        return
+    _check_number("editing_threshold", getattr(config, "editing_threshold", None), low=0.0, high=1.0, optional=True)
+    _check_int("max_post_steps", getattr(config, "max_post_steps", None), low=0, optional=True)
+    _check_int("num_to_transfer", getattr(config, "num_to_transfer", None), low=1, optional=True)
+    if getattr(config, "compile", False):
+        raise ValueError("compile is not supported with sampler='llada2.1' (its editing step is not compiled).")
 
 
 def official_top_k(logits: torch.Tensor, k) -> torch.Tensor:
@@ -173,6 +229,12 @@ class BlockKVCache:
 class LLaDA2Sampler(DiffusionSampler):
     """The engine's sampler with the LLaDA2 forward (block-causal prefix), proposal (multinomial from the tempered,
     filtered softmax; argmax at temperature 0 unless official) and selection (count schedule with threshold)."""
+
+    def __new__(cls, model, config, *args, **kwargs):
+        # LLaDA2.1 glue: the config's `sampler` picks the editing sampler.
+        if cls is LLaDA2Sampler and getattr(config, "sampler", "llada2.0") == "llada2.1":
+            cls = LLaDA21Sampler
+        return super().__new__(cls)
 
     def __init__(self, model, config, logits_processor=None, cache=None) -> None:
         super().__init__(model, config, logits_processor, cache)
@@ -257,6 +319,73 @@ class LLaDA2Sampler(DiffusionSampler):
         return torch.where((n_above >= k)[:, None], above, best)
 
 
+class TokenEditing:
+    """LLaDA2.1 token-to-token editing, one self-contained part: which already-decoded columns to rewrite.
+
+    A column is rewritten when it is editable (neither prompt nor mask: masks are the mask-to-token rule's), the
+    proposal differs from its current token, and the proposal's probability is > `threshold` (strict: 0.0 accepts
+    every change, 1.0 none). Columns unmasked in the same step are not edited (they were masks when proposed)."""
+
+    def __init__(self, threshold: float) -> None:
+        self.threshold = float(threshold)
+
+    def __call__(
+        self, tokens: torch.Tensor, proposal: torch.Tensor, probs: torch.Tensor, fixed: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, W) current tokens, proposal, its probabilities and the non-editable columns (prompt or mask) ->
+        (columns rewritten (B, W) bool, the tokens after the edits (B, W), edits per row (B,))."""
+        edit = ~fixed & (proposal != tokens) & (probs > self.threshold)
+        return edit, torch.where(edit, proposal, tokens), edit.sum(-1)
+
+
+class LLaDA21Sampler(LLaDA2Sampler):
+    """The LLaDA2.1 step: LLaDA2's forward and proposal, mask-to-token (masked columns with probability > threshold,
+    else the `num_to_transfer` best) plus `TokenEditing` on the block's decoded columns, committed together."""
+
+    def __init__(self, model, config, logits_processor=None, cache=None) -> None:
+        super().__init__(model, config, logits_processor, cache)
+        editing_threshold, self.num_to_transfer = (
+            EDITING_DEFAULTS[name] if getattr(config, name, None) is None else getattr(config, name)
+            for name in ("editing_threshold", "num_to_transfer")
+        )
+        self.editing = TokenEditing(editing_threshold)
+
+    def logits(self, inp, view: BlockView) -> torch.Tensor:
+        """Default: LLaDA2's block-causal forward (cached or not). Official: the 2.1 text's mask, 0/1 **added** to
+        the attention scores (not block-causal: earlier blocks see later ones at weight e^-1), over [0, block_end)."""
+        if not self.official:
+            return super().logits(inp, view)
+        end, (w_start, w_end) = view.block_end, view.window
+        ids = inp.x[:, :end]
+        mask = block_causal_mask(end, self.config.block_length, ids.device).to(self.model.dtype)[None, None]
+        position_ids = torch.arange(end, device=ids.device)[None]
+        return self.model(
+            input_ids=ids, attention_mask=mask, position_ids=position_ids, logits_to_keep=slice(w_start, w_end)
+        ).logits
+
+    def propose(self, logits: torch.Tensor, x: torch.Tensor, view: BlockView, uniform) -> tuple:
+        """Temperature 0 is argmax in both modes (2.1 has a greedy branch); default mode never proposes the mask id
+        (a committed mask would reopen the block)."""
+        if self.official:
+            if self.sample_temperature == 0:
+                return logits.argmax(-1), logits
+            return super().propose(logits, x, view, uniform)
+        logits = logits.index_fill(-1, torch.tensor([self.mask_id], device=logits.device), -torch.inf)
+        return super().propose(logits, x, view, uniform)
+
+    def step(self, inp, k, noise, view: BlockView) -> StepOutput:
+        """Forward, propose, mask-to-token selection, token-to-token editing, commit both (one step, the window)."""
+        start, end = view.window
+        logits = self.logits(inp, view)
+        tokens = inp.x[:, start:end]
+        x0, scores = self.propose(logits, inp.x, view, None)
+        probs = low_confidence(scores, x0)
+        is_mask = tokens == self.mask_id
+        unmask = self.select(torch.where(is_mask, probs, -torch.inf), self.num_to_transfer, view, inp.x.shape[1])
+        _, edited, _ = self.editing(tokens, x0, probs, is_mask | inp.prompt_index[:, start:end])
+        return StepOutput(torch.where(unmask, x0, edited), None, None, None, logits, scores)
+
+
 class LLaDA2GenerationMixin(DiffusionGenerationMixin):
     """The engine's `generate()` with the LLaDA2 block plan, per-block schedule, block stop and return value."""
 
@@ -328,22 +457,29 @@ class LLaDA2GenerationMixin(DiffusionGenerationMixin):
         num_blocks = -(-(prompt_len + gen_len) // block_length)
         config._answer_length = gen_len
         config.max_new_tokens = num_blocks * block_length - prompt_len  # the official canvas: whole blocks
-        steps = min(config.steps, gen_len // config.minimal_topk)
-        if steps < 1:
+        editing = config.sampler == "llada2.1"
+        steps = 0 if editing else min(config.steps, gen_len // config.minimal_topk)  # 2.1: `_block_open` decides
+        if steps < 1 and not editing:
             raise ValueError(f"minimal_topk ({config.minimal_topk}) > max_new_tokens ({gen_len}): no step left.")
         config._llada2_steps = steps
         config._llada2_return_prompt = None
-        config._llada2_cache = BlockKVCache() if config.block_cache else None
+        # LLaDA2.1 glue: the official 2.1 mask is not block-causal, so no cache is exact there (prefix recomputed).
+        exact = not (editing and config.official)
+        config._llada2_cache = BlockKVCache() if config.block_cache and exact else None
         first = prompt_len // block_length
         return [(b * block_length, (b + 1) * block_length, steps) for b in range(first, num_blocks)]
 
     def _plan_block(self, state, config, block_start, block_end, steps, length):
         """Query the prefix up to the block end; window the block; the count schedule comes from block_length."""
         block_length = block_end - block_start
-        counts = [block_length // steps + (s < block_length % steps) for s in range(steps)]
+        if config.sampler == "llada2.1":  # LLaDA2.1 glue: the sampler's num_to_transfer is the count
+            counts, k_max = None, block_length
+        else:
+            counts = [block_length // steps + (s < block_length % steps) for s in range(steps)]
+            k_max = max(counts)
         view = BlockView(
             query=(0, block_end), window=(block_start, block_end), block_end=block_end, prompt_len=state.prompt_len,
-            k_max=max(counts), allow_remask=False,
+            k_max=k_max, allow_remask=False,
         )  # fmt: skip
         state.llada2_block = (block_start, block_end)
         return view, counts
@@ -351,11 +487,67 @@ class LLaDA2GenerationMixin(DiffusionGenerationMixin):
     def _block_open(self, state, config, block_end, step, steps) -> bool:
         """`steps` steps or until no row has a mask in the block; when the block closes, rows whose answer holds an
         EOS stop (official, always on)."""
+        if config.sampler == "llada2.1":  # LLaDA2.1 glue
+            if self._editing_block_open(state, config, block_end, step):
+                return True
+            if not config.official or config.early_stop:  # official 2.1: the block-end EOS stop is eos_early_stop's
+                self._eos_stop(state, config, block_end)
+            return False
         block_start = state.llada2_block[0]
         window = state.x[state.rows, block_start:block_end]
         if step < steps and bool((window == config.mask_token_id).any()):
             state.llada2_before = window.clone()
             return True
+        self._eos_stop(state, config, block_end)
+        return False
+
+    # -- LLaDA2.1 glue (token editing): the block's stop rule and the stops that must not see editable tokens -------
+
+    @staticmethod
+    def _editing_block_open(state, config, block_end, step) -> bool:
+        """A row's block stays open while it has masks, then for up to `max_post_steps` more forwards while edits
+        happen; it closes after a forward with no mask to fill and no edit. Per row (full-batch tensors on the state):
+        a row whose block closed while others run on has that step's changes undone, so it gets its alone answer."""
+        block = state.x[:, state.llada2_block[0] : block_end]
+        active = torch.zeros(block.shape[0], dtype=torch.bool, device=block.device)
+        active[state.rows] = True
+        if step == 0:
+            state.llada21_post = torch.zeros(block.shape[0], dtype=torch.long, device=block.device)
+            state.llada21_closed = torch.zeros_like(active)
+        else:
+            before, closed = state.llada21_before, state.llada21_closed
+            block[closed] = before[closed]
+            idle = ~(before == config.mask_token_id).any(-1) & (block == before).all(-1)
+            closed |= idle & active
+        closed, no_mask = state.llada21_closed, ~(block == config.mask_token_id).any(-1)
+        state.llada21_before = block.clone()
+        state.llada21_post += no_mask & active & ~closed
+        max_post = config.max_post_steps if config.max_post_steps is not None else EDITING_DEFAULTS["max_post_steps"]
+        closed |= state.llada21_post > max_post
+        return bool((active & ~closed).any())
+
+    def _editing_stop_rows(self, state, config, criteria, schedule):
+        """Default mode: early stop and stopping criteria see only the finished blocks (the current block's tokens
+        can still be edited): the block is masked while they run, then put back for the rows that go on."""
+        if config.official:
+            if criteria:
+                raise ValueError("official=True has no stopping criteria / stop_strings.")
+            return schedule
+        if not (config.early_stop or criteria):
+            return schedule
+        block_start, block_end = state.llada2_block
+        saved, rows = state.x[:, block_start:block_end].clone(), state.rows
+        state.x[:, block_start:block_end] = config.mask_token_id
+        schedule = self._default_stop_rows(state, config, criteria, schedule)
+        keep = torch.ones(saved.shape[0], dtype=torch.bool, device=saved.device)
+        keep[rows[~torch.isin(rows, state.rows)]] = False  # rows stopped now: their tail is EOS
+        state.x[keep, block_start:block_end] = saved[keep]
+        return schedule
+
+    # -- end of the LLaDA2.1 glue -------------------------------------------------------------------------------------
+
+    def _eos_stop(self, state, config, block_end) -> None:
+        """When a block closes, rows whose answer holds an EOS stop."""
         eos = _as_list(config.eos_token_id)
         if eos and state.rows.numel():
             answer = state.x[state.rows, state.prompt_len : block_end]
@@ -364,15 +556,20 @@ class LLaDA2GenerationMixin(DiffusionGenerationMixin):
             state.extra = state.extra[~done]
             if config._llada2_cache is not None:
                 config._llada2_cache.select(~done)
-        return False
+
+    def _default_stop_rows(self, state, config, criteria, schedule):
+        """The engine's stops (early stop, criteria); the block cache keeps the rows that go on."""
+        rows = state.rows
+        schedule = super()._stop_rows(state, config, criteria, schedule)
+        if config._llada2_cache is not None and state.rows.numel() != rows.numel():
+            config._llada2_cache.select(torch.isin(rows, state.rows))
+        return schedule
 
     def _stop_rows(self, state, config, criteria, schedule):
+        if config.sampler == "llada2.1":  # LLaDA2.1 glue
+            return self._editing_stop_rows(state, config, criteria, schedule)
         if not config.official:
-            rows = state.rows
-            schedule = super()._stop_rows(state, config, criteria, schedule)
-            if config._llada2_cache is not None and state.rows.numel() != rows.numel():
-                config._llada2_cache.select(torch.isin(rows, state.rows))
-            return schedule
+            return self._default_stop_rows(state, config, criteria, schedule)
         if criteria:
             raise ValueError("official=True has no stopping criteria / stop_strings.")
         if not config.early_stop or state.rows.numel() == 0:
@@ -419,7 +616,9 @@ __all__ = [
     "BlockKVCache",
     "LLaDA2GenerationConfig",
     "LLaDA2GenerationMixin",
+    "LLaDA21Sampler",
     "LLaDA2Sampler",
+    "TokenEditing",
     "block_causal_mask",
     "official_top_k",
     "official_top_p",

@@ -1,7 +1,9 @@
 """A small tested hub of configs: `list_hub_configs()` and `load_hub_config(name, **overrides)`.
 
 Names are the file paths under `hub_configs/` without `.json`, e.g. `GSAI-ML/LLaDA-8B-Instruct` (the official
-`config.json`, unchanged), `inclusionAI/LLaDA2.0-mini` or `llada_hf/tiny`.
+`config.json`, unchanged), `inclusionAI/LLaDA2.0-mini` or `llada_hf/tiny`. LLaDA2.1-mini/flash have LLaDA2.0's
+`config.json`; only their sampler differs, so they also have a generation config, `hub_configs/generation/<name>.json`
+(`load_hub_generation_config(name)`; `sampler="llada2.1"`, token editing at the official defaults).
 """
 
 import difflib
@@ -54,6 +56,17 @@ def load_hub_config(name: str, **overrides) -> LLaDAConfig | LLaDA2MoeConfig:
                 config_dict.pop(standard, None)
     config_dict.update(overrides)
     return config_class.from_dict(config_dict)
+
+
+def load_hub_generation_config(name: str):
+    """The generation config published beside a hub config (`LLaDA2GenerationConfig`); `ValueError` if it has none."""
+    from .generation.generation_llada2 import LLaDA2GenerationConfig
+
+    hub_config_path(name)  # an unknown name: the error with close names
+    path = _config_root() / "generation" / f"{name}.json"
+    if not path.is_file():
+        raise ValueError(f"Hub config {name!r} has no generation config (its model's generation_config.json rules).")
+    return LLaDA2GenerationConfig(**json.loads(path.read_text()))
 
 
 def _check_override_keys(name: str, config, config_dict: dict, overrides: dict) -> None:

@@ -287,27 +287,10 @@ def _make_plan(prompt, answer, method, mc_num, batch_size, seed, max_exact_len, 
     return _Plan(prompt, answer, counts, masks, probs, 0)
 
 
-_FAMILY_MODEL_TYPES = ("llada", "llada2_moe")  # LLaDA-8B, LLaDA-MoE (also "llada"), LLaDA2.0
-
-
-def _body_and_head(model):
-    """(body, head) of a LLaDA-family LM, whose logits are `head(body(...).last_hidden_state)` in every family (also
-    under a peft wrapper or as exported remote code); (None, None) for any other model."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    model_type = getattr(getattr(inner, "config", None), "model_type", None)
-    body, head = getattr(inner, "model", None), getattr(inner, "lm_head", None)
-    if model_type in _FAMILY_MODEL_TYPES and isinstance(body, torch.nn.Module) and isinstance(head, torch.nn.Module):
-        return body, head
-    return None, None
-
-
-def _masked_logits(model, x, attention_mask, rows, cols) -> torch.Tensor:
-    """Logits at (rows, cols) only: the LM head runs on the selected hidden states when the model exposes them."""
-    body, head = _body_and_head(model)
-    if body is not None:
-        hidden = body(input_ids=x, attention_mask=attention_mask).last_hidden_state
-        return head(hidden[rows, cols])
-    return model(x, attention_mask=attention_mask).logits[rows, cols]
+def _masked_logits(model, x, attention_mask, keep: torch.Tensor) -> torch.Tensor:
+    """Logits (n, vocab) of the positions where the boolean `keep` (b, l) is true, row-major: every family's LM takes
+    it as `logits_to_keep` and runs its head on those hidden states only (also under peft or as remote code)."""
+    return model(x, attention_mask=attention_mask, logits_to_keep=keep).logits
 
 
 def _score_plans(model, plans, cfg_scale, mask_id, pad_id, rows_per_forward, device) -> list[torch.Tensor]:
@@ -339,14 +322,12 @@ def _score_plans(model, plans, cfg_scale, mask_id, pad_id, rows_per_forward, dev
         if min(lengths) != width:
             attention_mask = (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).long().to(device)
         rows, cols = masked.nonzero(as_tuple=True)
-        x, rows_d, cols_d = x.to(device), rows.to(device), cols.to(device)
+        x, rows_d, keep = x.to(device), rows.to(device), masked.to(device)
         un_x = torch.where(prompt_cols.to(device), mask_id, x) if cfg_scale > 0 else None
 
-        def logits_fn(ids, mask, rows=rows_d, cols=cols_d, n=x.shape[0]):
+        def logits_fn(ids, mask, keep=keep, n=x.shape[0]):
             doubled = ids.shape[0] != n  # CFG doubled the batch: the same positions in the prompt-masked copy
-            return _masked_logits(
-                model, ids, mask, torch.cat([rows, rows + n]) if doubled else rows, cols.repeat(2 if doubled else 1)
-            )
+            return _masked_logits(model, ids, mask, torch.cat([keep, keep]) if doubled else keep)
 
         logits = classifier_free_guidance(logits_fn, x, un_x, cfg_scale, attention_mask)
         token_loss = F.cross_entropy(logits, targets_x[rows, cols].to(device), reduction="none")

@@ -134,7 +134,18 @@ def load_model_and_tokenizer(
         raise ModelLoadError(f"cannot load {model_path}: {first}") from error
     if device_map is None and torch.cuda.is_available():
         model = model.to("cuda")
+    choose_sampler(model, model_path)
     return model, tokenizer
+
+
+def choose_sampler(model: Any, name_or_path: str | None) -> None:
+    """LLaDA2.1 checkpoints have LLaDA2.0's `config.json`: a model whose name or path contains "LLaDA2.1" (any case)
+    gets `sampler="llada2.1"` (token editing) in its generation config, as `hub_configs/generation/` publishes it, so
+    chat and serve use the sampler it was trained for. A generation config naming another sampler than the default
+    keeps it."""
+    config = getattr(model, "generation_config", None)
+    if name_or_path and "llada2.1" in str(name_or_path).lower() and getattr(config, "sampler", None) == "llada2.0":
+        config.sampler = "llada2.1"
 
 
 # Small configs to train from scratch by name (smoke tests, toy tasks): the `llada_hf/<name>` hub configs, whose

@@ -103,3 +103,17 @@ def run_remote_code_check(checkpoint: Path, ids: list, tmp_path: Path, *extra: s
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout.strip().splitlines()
+
+
+def llada21_checkpoint(folder: Path) -> Path:
+    """The tiny LLaDA2.1 model (LLaDA2.0's config.json format) with the demo tokenizer (its ids fit the tiny vocab),
+    saved under `folder`, whose name is what picks the sampler in chat and serve."""
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(Path(__file__).parent / "fixtures" / "llada21_tiny" / name, folder / name)
+    demo = Path(llada_hf.__file__).parent / "assets" / "demo"
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(demo / name, folder / name)
+    return folder

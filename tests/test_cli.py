@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import GOLDEN_DIR
+from conftest import GOLDEN_DIR, llada21_checkpoint
 
 from llada_hf import cli, memory
 from llada_hf.errors import UsageError
@@ -234,3 +234,25 @@ def test_train_argparse_errors_are_one_line(capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("llada-hf train: error: argument --max_steps")
+
+
+@pytest.mark.parametrize(
+    "name, sampler", [("LLaDA2.1-tiny", "llada2.1"), ("my_llada2.1_sft", "llada2.1"), ("LLaDA2.0-tiny", "llada2.0")]
+)
+def test_chat_picks_the_llada21_sampler_by_model_name(tmp_path, monkeypatch, capsys, name, sampler):
+    """LLaDA2.1 has LLaDA2.0's config.json: a model named LLaDA2.1 (any case) chats with token editing."""
+    from llada_hf.generation.generation_llada2 import TokenEditing
+
+    path = llada21_checkpoint(tmp_path / name)
+    loaded, edits = [], []  # what chat loaded; TokenEditing calls
+    real_load, real_edit = cli.load_model_and_tokenizer, TokenEditing.__call__
+    monkeypatch.setattr(
+        cli, "load_model_and_tokenizer", lambda *a, **k: loaded.append(real_load(*a, **k)) or loaded[0]
+    )
+    monkeypatch.setattr(TokenEditing, "__call__", lambda self, *a: edits.append(1) or real_edit(self, *a))
+    monkeypatch.setattr("sys.stdin", iter(["Hi\n"]))
+    argv = ["chat", "--model", str(path), "--dtype", "float32", "--max-new-tokens", "16", "--block-length", "8"]
+    assert cli.main(argv) == 0
+    assert "LLaDA:" in capsys.readouterr().out
+    assert loaded[0][0].generation_config.sampler == sampler
+    assert bool(edits) == (sampler == "llada2.1")  # the editing part ran in the chat's generate()

@@ -309,7 +309,7 @@ def test_llada2_router_matches_reference_rule():
     router = model.model.layers[1].mlp.gate
     router.expert_bias.copy_(torch.randn(16) * 0.3)  # large enough to change choices
     hidden = torch.randn(64, 16)
-    _, top_idx, top_weights = router(hidden)
+    _, top_weights, top_idx = router(hidden)  # the order of transformers DeepSeek-V3 router
     scores = torch.sigmoid(hidden.double() @ router.weight.double().T)
     changed = 0
     for t in range(hidden.shape[0]):

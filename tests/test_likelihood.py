@@ -30,6 +30,31 @@ MASK_ID = 1000
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+@pytest.mark.parametrize("family", ["golden_tiny", "llada2_tiny", "lladamoe_tiny"])
+def test_every_family_runs_the_head_on_the_masked_positions_only(family):
+    """One likelihood path for every family: the LM head sees only the masked positions, and their logits are the
+    full forward's."""
+    from pathlib import Path
+
+    from transformers import AutoModel
+
+    from llada_hf.likelihood import _masked_logits
+
+    model = AutoModel.from_pretrained(Path(__file__).parent / "fixtures" / family).eval()
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 1000, (2, 10), generator=generator)
+    keep = torch.rand(2, 10, generator=generator) < 0.4
+    head_rows = []
+    handle = model.lm_head.register_forward_hook(lambda module, args, out: head_rows.append(args[0].shape[:-1]))
+    with torch.no_grad():
+        got = _masked_logits(model, ids, None, keep)
+    handle.remove()
+    assert head_rows == [torch.Size([int(keep.sum())])]
+    with torch.no_grad():
+        full = model(ids).logits
+    torch.testing.assert_close(got, full[keep])
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Independent reference: the estimator's exact expectation, by enumeration with plain model calls
 
@@ -307,11 +332,14 @@ def test_lm_eval_chat_template_multiple_choice_scores_as_the_api(tmp_path):
     direct = api_scores(as_generate_sees)
     hflm = api_scores(partial(HFLM._encode_pair, lm))  # what lm-eval scored before the override
     got = [[value for value, _ in sample["filtered_resps"]] for sample in samples]
-    # The same draws on differently packed rows: each of the mc_num x len(answer) summed terms may round by an ulp.
-    longest = max(len(as_generate_sees("", c)[1]) for d in docs for c in d["choices"])
-    rel = torch.finfo(torch.float32).eps * settings["mc_num"] * longest
+    # The same draws on differently packed rows: the forwards' sums run in another order. A choice's score is a sum of
+    # log-probabilities whose rounding follows the logits' scale, not the score's: bound each row by its largest score
+    # (as the test above does), not relative to each small score.
+    chat = lm.tokenizer.apply_chat_template([{"role": "user", "content": ""}], add_generation_prompt=True)["input_ids"]
+    longest = max(len(chat) + sum(map(len, as_generate_sees(d["question"], c))) for d in docs for c in d["choices"])
+    depth = forward_depth(lm.model.config, longest, vocab=True)
     for row, expected in zip(got, direct):
-        assert row == pytest.approx(expected, rel=rel)
+        assert row == pytest.approx(expected, rel=0, abs=fp32_tol(max(expected, key=abs), depth))
     assert results["results"]["tiny_mc"]["acc,none"] == accuracy(direct) == 1.0
     assert accuracy(hflm) < 1.0  # the items are ones the old split got wrong
 

@@ -114,6 +114,7 @@ def test_remote_code_export_loads_without_llada_hf(golden_model, tmp_path):
     assert {p.name for p in checkpoint.glob("*.py")} == {
         "configuration_llada.py",
         "modeling_llada.py",
+        "modeling_body.py",
         "generation_llada.py",
     }
     for path in checkpoint.glob("*.py"):  # hub files import only torch, transformers, the stdlib and their siblings
@@ -303,3 +304,20 @@ def test_official_keys_reach_the_derived_defaults(golden_dir):
     assert partial.num_hidden_layers == llada_hf.LLaDAConfig().num_hidden_layers
     with pytest.raises(ValueError, match="n_layers"):
         llada_hf.LLaDAConfig.from_dict({key: value for key, value in official.items() if key != "n_layers"})
+
+
+def test_llada21_hub_configs_are_llada20s_with_a_llada21_generation_config():
+    """LLaDA2.1-mini/flash publish LLaDA2.0's config.json; their generation config picks the editing sampler."""
+    from llada_hf.hub import load_hub_generation_config
+
+    for size in ("mini", "flash"):
+        assert load_hub_config(f"inclusionAI/LLaDA2.1-{size}").to_dict() | {"_name_or_path": ""} == load_hub_config(
+            f"inclusionAI/LLaDA2.0-{size}"
+        ).to_dict() | {"_name_or_path": ""}
+        generation = load_hub_generation_config(f"inclusionAI/LLaDA2.1-{size}")
+        generation.validate()
+        assert generation.sampler == "llada2.1" and generation.mask_token_id == 156895
+    with pytest.raises(ValueError, match="no generation config"):
+        load_hub_generation_config("inclusionAI/LLaDA2.0-mini")
+    with pytest.raises(ValueError, match="Unknown hub config"):
+        load_hub_generation_config("inclusionAI/LLaDA2.1-maxi")

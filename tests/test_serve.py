@@ -18,6 +18,8 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
 
+from conftest import llada21_checkpoint  # noqa: E402
+
 from llada_hf.demo import load_demo_model  # noqa: E402
 from llada_hf.serving import protocol  # noqa: E402
 from llada_hf.serving.engine import DiffusionBatcher  # noqa: E402
@@ -247,3 +249,33 @@ def test_bad_flags_are_usage_errors_before_loading(argv, flag):
     args = cli.build_parser().parse_args(["serve", "/nonexistent", *argv])
     with pytest.raises(UsageError, match=flag):
         args.serve_main(args)
+
+
+def test_serve_picks_the_llada21_sampler_by_model_name(tmp_path, monkeypatch):
+    """`llada-hf serve` on a model named LLaDA2.1 generates with token editing (its config.json is LLaDA2.0's)."""
+    if (missing := _serving_app()) is not None:
+        pytest.skip(f"llada-hf serve needs transformers >= 5.25: {missing}")
+    import uvicorn
+    from llada_hf.generation.generation_llada2 import TokenEditing
+
+    from llada_hf import cli
+    from llada_hf.serving import app as serving_app
+
+    built, edits = [], []
+    real_build, real_edit = serving_app.build_app, TokenEditing.__call__
+    monkeypatch.setattr(
+        serving_app, "build_app", lambda model, *a, **k: built.append(model) or real_build(model, *a, **k)
+    )
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: None)  # no listening: the loaded model is what counts
+    monkeypatch.setattr(TokenEditing, "__call__", lambda self, *a: edits.append(1) or real_edit(self, *a))
+    path = llada21_checkpoint(tmp_path / "LLaDA2.1-tiny")
+    assert cli.main(["serve", str(path), "--dtype", "float32", "--port", "0"]) == 0
+    model = built[0]
+    assert model.generation_config.sampler == "llada2.1"
+    settings = protocol.plan_canvas(model.generation_config, 64, 5, 16, {"block_length": 8})
+    batcher = DiffusionBatcher(model, _NoTokenizer(), max_batch_size=2)
+    try:
+        batcher.submit(protocol.Job([[5, 6, 7, 8, 9]], 1, dict(settings), None, [])).result(timeout=60)
+    finally:
+        batcher.shutdown()
+    assert edits  # the request ran the editing sampler

@@ -21,6 +21,7 @@ noise from one generator in the official order; `mask_batch` noises a padded bat
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -71,9 +72,39 @@ def forward_process(
     return noisy, labels, p_mask.contiguous()
 
 
-# The one masked-diffusion loss (also the models' `labels=`/`p_mask=` loss and the likelihood's sum), under the name
-# this module has always used.
-diffusion_loss = masked_diffusion_loss
+def check_token_reweighting(gamma: float, alpha: float) -> None:
+    """Refuse reweighting settings that would silently give a wrong loss (nan, inf, negative exponent or scale)."""
+    if not (isinstance(gamma, (int, float)) and math.isfinite(gamma) and gamma >= 0):
+        raise ValueError(f"reweight_gamma must be a finite number >= 0 (0: no reweighting), got {gamma!r}.")
+    if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
+        raise ValueError(f"reweight_alpha must be a finite number > 0, got {alpha!r}.")
+
+
+def diffusion_loss(
+    logits: torch.Tensor,
+    labels: torch.LongTensor,
+    p_mask: torch.Tensor | None = None,
+    normalizer: torch.Tensor | None = None,
+    *,
+    reweight_gamma: float = 0.0,
+    reweight_alpha: float = 1.0,
+) -> torch.Tensor:
+    """The masked-diffusion loss (`masked_diffusion_loss`, the models' and the likelihood's), optionally reweighted.
+
+    Token-level reweighting (Ye et al. 2025, "Beyond Autoregression", arXiv:2410.14157): with `reweight_gamma` > 0
+    each token's CE u is replaced by alpha (1 - exp(-u))^gamma u, the focal form of their adaptive weight, which
+    shifts the gradient toward tokens the model still gets wrong (1 - exp(-u) is one minus the probability of the
+    right token). The weight is not detached (as in a focal loss). gamma = 0, alpha = 1 is the plain ELBO term; the
+    paper's code defaults to alpha 0.25, gamma 2. Training only: a reweighted sum is no longer a likelihood bound.
+    """
+    check_token_reweighting(reweight_gamma, reweight_alpha)
+    transform = None
+    if reweight_gamma != 0.0 or reweight_alpha != 1.0:
+
+        def transform(token_loss: torch.Tensor) -> torch.Tensor:
+            return reweight_alpha * (1 - torch.exp(-token_loss)).pow(reweight_gamma) * token_loss
+
+    return masked_diffusion_loss(logits, labels, p_mask, normalizer, token_transform=transform)
 
 
 def block_diffusion_mask(length: int, block_length: int, device: torch.device | str | None = None) -> torch.Tensor:

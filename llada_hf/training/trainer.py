@@ -11,7 +11,6 @@ from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.modeling_outputs import CausalLMOutput
 
-from ..modeling.modeling_llada import check_token_reweighting
 from .data import DataReport, DiffusionCollator, prepare_dataset
 from .distributed import FSDP_TRAP, ParallelismError, fsdp_requested
 from .losses import (
@@ -20,6 +19,7 @@ from .losses import (
     INDEX_COLUMN,
     annealed_attention_mask,
     block_diffusion_logits,
+    check_token_reweighting,
     diffusion_loss,
     mask_batch,
     sample_seed,
