@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.quick:
-        args.steps, args.seeds, args.test_size, args.lrs = 20, min(args.seeds, 1), 8, args.lrs.split(",")[0]
+        args.steps, args.seeds, args.test_size, args.lrs = 10, min(args.seeds, 1), 4, args.lrs.split(",")[0]
     setup(args.threads)
     start = time.time()
     command = "python experiments/editing.py " + " ".join(argv if argv is not None else sys.argv[1:])
