@@ -45,6 +45,7 @@ from common import (  # noqa: E402
     train,
     write_results,
 )
+from llada_hf.generation.generation_llada2 import block_causal_mask  # noqa: E402
 from llada_hf.modeling import LLaDA2MoeConfig, LLaDA2MoeModelLM  # noqa: E402
 from planning import FIRST_NODE, ClockWalk  # noqa: E402
 
@@ -108,6 +109,26 @@ def accuracy(model, task: ClockWalk, split, block_length: int, **sampler) -> tup
         correct += int(torch.equal(path, answer[: task.path_length]))
         forwards += int(out.nfe)
     return correct / len(prompts), forwards / len(prompts)
+
+
+@torch.no_grad()
+def written_tokens(model, task: ClockWalk, split, block_length: int) -> dict:
+    """What editing sees at a correct written token: one forward over [prompt | correct answer] (block-causal, canvas
+    rounded up to whole blocks); per answer position, how often the prediction is the written token itself and how
+    often another token has probability > 0.5 (an edit at editing_threshold 0.5 would rewrite it)."""
+    prompts, answers = split
+    ids = torch.cat([prompts, answers], dim=1)
+    length = -(-ids.shape[1] // block_length) * block_length
+    ids = torch.cat([ids, torch.full((ids.shape[0], length - ids.shape[1]), PAD)], dim=1)
+    mask = block_causal_mask(length, block_length)[None, None]
+    probs = model(input_ids=ids, attention_mask=mask).logits.softmax(-1)
+    start, end = prompts.shape[1], prompts.shape[1] + answers.shape[1]
+    confidence, best = probs[:, start:end].max(-1)
+    kept = best == answers
+    return {
+        "kept": [round(v, 3) for v in kept.float().mean(0).tolist()],
+        "rewritten_at_0.5": [round(v, 3) for v in (~kept & (confidence > 0.5)).float().mean(0).tolist()],
+    }
 
 
 def splits(task: ClockWalk, size: int) -> dict:
@@ -174,7 +195,7 @@ def evaluate_one(checkpoint: str, args) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common_arguments(parser)
-    parser.add_argument("--phase", choices=["all", "train", "eval"], default="all")
+    parser.add_argument("--phase", choices=["all", "train", "eval", "diagnose"], default="all")
     parser.add_argument("--jobs", type=int, default=1, help="training/evaluation processes (one thread each)")
     parser.add_argument("--checkpoints", default="/tmp/editing_checkpoints", help="where trained models go")
     parser.add_argument("--positions", type=int, default=5)
@@ -200,6 +221,14 @@ def main(argv: list[str] | None = None) -> int:
             train_variant(noise, lrs, args)
         if args.phase == "train":
             return 0
+    if args.phase == "diagnose":  # seed 0 of each variant: `written_tokens` on the test walks
+        task = ClockWalk(args.positions)
+        for noise in noises:
+            run = json.loads((Path(args.checkpoints) / f"noise{noise:g}" / "chosen.json").read_text())["runs"][0]
+            model = LLaDA2MoeModelLM.from_pretrained(run["checkpoint"]).eval()
+            found = written_tokens(model, task, splits(task, args.test_size)["test"], args.block_length)
+            print(f"edit noise {noise:g}, seed 0: {json.dumps(found)}")
+        return 0
     chosen, per_seed = {}, {}
     for noise in noises:
         chosen[noise] = json.loads((Path(args.checkpoints) / f"noise{noise:g}" / "chosen.json").read_text())
