@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 
 import torch
-from llada_hf.generation import generation_llada
+from llada_hf.generation import generation_parts
 from llada_hf.generation.generation_llada import DiffusionSampler
 from transformers import AutoModel
 
@@ -47,7 +47,7 @@ def run_cases(model, cases, device: str, compiled_step=None) -> dict:
 
 def decision_margins(model, cases, device: str) -> list[float]:
     """Eager greedy cases: per `select_topk` call with an int k, the k-th minus the (k+1)-th finite confidence."""
-    gaps, original = [], generation_llada.select_topk
+    gaps, original = [], generation_parts.select_topk
 
     def recording(confidence, k, k_max=None):
         if isinstance(k, int) and k > 0:
@@ -57,12 +57,12 @@ def decision_margins(model, cases, device: str) -> list[float]:
                     gaps.append((ranked[k - 1] - ranked[k]).item())
         return original(confidence, k, k_max)
 
-    generation_llada.select_topk = recording
+    generation_parts.select_topk = recording
     try:
         greedy = {**cases, "generate": [c for c in cases["generate"] if c["seed"] is None]}
         run_cases(model, greedy, device)
     finally:
-        generation_llada.select_topk = original
+        generation_parts.select_topk = original
     return gaps
 
 

@@ -9,6 +9,7 @@ chat.py's, to pass explicitly for the 8B models: `ChatSession(model, tokenizer, 
 
 import torch
 
+from .generation.generation_parts import as_list
 from .loading import model_device
 
 OFFICIAL_CHAT_SETTINGS = {
@@ -41,13 +42,9 @@ class ChatSession:
         device = model_device(self.model)
         output = self.model.generate(prompt[None].to(device), streamer=streamer, **self.generate_kwargs)[0].cpu()
         answer = output[prompt.shape[0] :]
-        eos_ids = torch.tensor(_as_list(self.tokenizer.eos_token_id))
+        eos_ids = torch.tensor(as_list(self.tokenizer.eos_token_id))
         self.history = output[~torch.isin(output, eos_ids)]
         return self.tokenizer.decode(answer, skip_special_tokens=True)
 
     def reset(self) -> None:
         self.history = None
-
-
-def _as_list(token_ids) -> list[int]:
-    return [token_ids] if isinstance(token_ids, int) else list(token_ids)

@@ -186,7 +186,7 @@ def _flag(name: str) -> str:
 
 
 def check_block_plan(max_new_tokens: int, steps: int | None, block_length: int | None, schedule: bool) -> None:
-    """generate()'s block-plan rules (`_check_diffusion_inputs`), on the flags alone: `UsageError` naming them."""
+    """generate()'s block-plan rules (`_diffusion_plan`), on the flags alone: `UsageError` naming them."""
     block = block_length or max_new_tokens
     if max_new_tokens % block:
         raise UsageError(f"--block-length ({block}) must divide --max-new-tokens ({max_new_tokens})")
@@ -213,9 +213,9 @@ def check_generation_with_model(model, kwargs: dict) -> None:
     if prepare is None:
         return
     try:
-        config = prepare(None, dict(kwargs))
+        config, steps_per_token = prepare(None, dict(kwargs))
         prompt = torch.full((1, 1), 1 if config.mask_token_id == 0 else 0, dtype=torch.long)
-        model._check_diffusion_inputs(prompt, None, config)
+        model._diffusion_plan(prompt, None, config, steps_per_token=steps_per_token)
     except ValueError as error:
         message = " ".join(str(error).split()).rstrip(".")
         for name in GENERATION_FLAGS:  # the user's flags by their flag names; the rest is the model's value

@@ -198,11 +198,8 @@ def exact_mask_plan(answer_len: int) -> tuple[torch.LongTensor, torch.BoolTensor
 
 def _cfg_logits(model, x: torch.Tensor, prompt_len: int, cfg_scale: float, mask_id: int) -> torch.Tensor:
     """Logits of `x`; with CFG the prompt columns are masked in a second copy (the shared CFG helper)."""
-    un_x = None
-    if cfg_scale > 0:
-        un_x = x.clone()
-        un_x[:, :prompt_len] = mask_id
-    return classifier_free_guidance(lambda ids, mask: model(ids).logits, x, un_x, cfg_scale)
+    prompt_cols = torch.arange(x.shape[1], device=x.device) < prompt_len
+    return classifier_free_guidance(lambda ids, mask: model(ids).logits, x, prompt_cols, cfg_scale, mask_id)
 
 
 @torch.no_grad()
@@ -323,13 +320,12 @@ def _score_plans(model, plans, cfg_scale, mask_id, pad_id, rows_per_forward, dev
             attention_mask = (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).long().to(device)
         rows, cols = masked.nonzero(as_tuple=True)
         x, rows_d, keep = x.to(device), rows.to(device), masked.to(device)
-        un_x = torch.where(prompt_cols.to(device), mask_id, x) if cfg_scale > 0 else None
 
         def logits_fn(ids, mask, keep=keep, n=x.shape[0]):
             doubled = ids.shape[0] != n  # CFG doubled the batch: the same positions in the prompt-masked copy
             return _masked_logits(model, ids, mask, torch.cat([keep, keep]) if doubled else keep)
 
-        logits = classifier_free_guidance(logits_fn, x, un_x, cfg_scale, attention_mask)
+        logits = classifier_free_guidance(logits_fn, x, prompt_cols.to(device), cfg_scale, mask_id, attention_mask)
         token_loss = F.cross_entropy(logits, targets_x[rows, cols].to(device), reduction="none")
         token_loss = (token_loss / p_mask.to(device)[rows_d]).double().cpu()
         per_row = torch.zeros(len(chunk), dtype=torch.float64).index_add_(0, rows, token_loss)

@@ -9,14 +9,16 @@ LLaDA2.0), sized with accelerate's `compute_module_sizes`; string device maps ("
 by the same transformers function `from_pretrained` uses (accelerate's `infer_auto_device_map` underneath), explicit
 maps are checked by accelerate's `check_device_map` and read by transformers' `expand_device_map` / `get_device` (the
 placement `from_pretrained` itself uses), so the planned map is the map a load produces. One denoising step's working
-set is generate()'s own pre-check, `llada_hf.generation.estimate_step_bytes`, over the same logits window (the block
-under `fast` / a cache, else the canvas): no library models a diffusion sampler. `llada-hf memory MODEL` prints it.
+set is generate()'s own pre-check, `llada_hf.generation.estimate_step_bytes`, over the canvas and logits window that
+the sampler's layout part gives generate() (`generation_step`): no library models a diffusion sampler. `llada-hf
+memory MODEL` prints it.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -97,6 +99,7 @@ class MemoryEstimate:
     streamed_bytes: int  # the largest offloaded leaf module, onloaded to the main device during its forward
     sequence_length: int = 1024  # prompt + canvas: the tokens of every forward
     window: int = 1024  # the columns whose logits each step computes (the block under `fast`, else the canvas)
+    # (`sequence_length` is generate()'s canvas: LLaDA2 rounds prompt + new tokens up to whole blocks)
     device_map: dict[str, Device] | None = None
     weights_per_device: dict[Device, int] = field(default_factory=dict)
     per_device: dict[Device, int] = field(default_factory=dict)
@@ -151,10 +154,10 @@ def estimate_memory(
         do_sample / cfg: generate()'s options that change the step's working set (`cfg`: classifier-free guidance
             doubles the forward batch).
         attn_implementation: "eager" materializes (batch, heads, seq, seq) scores; sdpa/flash kernels do not.
-        max_new_tokens / block_length / fast: generate()'s (`fast` also stands for a cache: both compute the
-            block's logits only); they set the logits window as generate() sets it (`step_window`). Defaults: the
-            whole `seq_len` is new tokens (no prompt), the rest from the model's generation config (LLaDA2: blocks of
-            32).
+        max_new_tokens / block_length / fast: generate()'s; with the model's generation config they choose the
+            sampler's parts, whose layout gives the canvas and the logits window exactly as generate() takes them
+            (`generation_step`). Defaults: the whole `seq_len` is new tokens (no prompt), the rest the model's
+            generation config (LLaDA: `fast`, one block; LLaDA2: blocks of 32, the canvas rounded up to whole blocks).
     """
     from accelerate.utils import compute_module_sizes
 
@@ -163,15 +166,13 @@ def estimate_memory(
     for name, value in (("max_new_tokens", max_new_tokens), ("block_length", block_length)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+    if max_new_tokens is not None and max_new_tokens > seq_len:
+        raise ValueError(f"max_new_tokens ({max_new_tokens}) must be at most seq_len ({seq_len}, prompt included)")
     itemsize = torch.empty((), dtype=dtype).element_size()
     model = meta_model(config, dtype)
-    defaults = model.generation_config  # the family's, as generate() starts from
-    window = step_window(
-        seq_len,
-        seq_len if max_new_tokens is None else max_new_tokens,
-        defaults.block_length if block_length is None else block_length,
-        (defaults.fast or defaults.cache != "none") if fast is None else fast,
-    )
+    request = dict(max_new_tokens=seq_len if max_new_tokens is None else max_new_tokens, do_sample=do_sample)
+    request.update({k: v for k, v in dict(block_length=block_length, fast=fast).items() if v is not None})
+    seq_len, window, sampling = generation_step(model.generation_config, seq_len, cfg=cfg, **request)
     named = dict(model.named_parameters())
     parameters = sum(p.numel() for p in named.values())
     buffer_bytes = compute_module_sizes(model, buffers_only=True)[""]  # fp32 RoPE tables (+ MoE router biases)
@@ -191,7 +192,7 @@ def estimate_memory(
     mlp_phase = tokens * (2 * d + 4 * inter) * itemsize
     activation_bytes = max(attention_phase, mlp_phase)
     logits_bytes = rows * window * config.vocab_size * itemsize
-    step_bytes = estimate_step_bytes(batch_size, seq_len, window, config.vocab_size, do_sample, cfg)
+    step_bytes = estimate_step_bytes(batch_size, seq_len, window, config.vocab_size, sampling, cfg)
 
     resolved = _resolve_device_map(model, device_map, max_memory)
     placement = expand_device_map(resolved, list(named))
@@ -252,10 +253,16 @@ def estimate_memory(
     )
 
 
-def step_window(seq_len: int, max_new_tokens: int, block_length: int | None = None, fast: bool = True) -> int:
-    """The columns whose logits one generate() step computes, as generate()'s pre-check sets them: the block
-    (`block_length`, else the whole answer) under `fast`, else the whole canvas `seq_len`."""
-    return min(block_length or max_new_tokens, seq_len) if fast else seq_len
+def generation_step(generation_config, seq_len: int, cfg: bool = False, **request) -> tuple[int, int, bool]:
+    """(canvas length, logits window, fp64 noise drawn) of a generate() request, from the parts the sampler is
+    built from: the family's layout (`canvas_length`, `logits_width`) and proposal (`gumbel`), as generate() reads
+    them for its pre-check. `request`: generation-config fields (max_new_tokens, block_length, fast, do_sample)."""
+    config = copy.deepcopy(generation_config)
+    config.update(**request, cfg_scale=1.0 if cfg else 0.0)
+    parts = config.sampler_parts()
+    prompt_len = seq_len - config.max_new_tokens
+    length = parts.layout.canvas_length(prompt_len, config.max_new_tokens)
+    return length, parts.layout.logits_width(prompt_len, length), bool(getattr(parts.proposal, "gumbel", False))
 
 
 def check_memory_arguments(
@@ -483,7 +490,7 @@ __all__ = [
     "meta_model",
     "parameter_shapes",
     "plan_device_map",
-    "step_window",
+    "generation_step",
 ]
 
 if __name__ == "__main__":

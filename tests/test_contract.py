@@ -7,7 +7,8 @@ import sys
 import pytest
 import torch
 from conftest import tiny_model
-from llada_hf.generation.generation_llada import HONOURED_FIELDS, REJECTED_FIELDS, DiffusionSampler
+from llada_hf.generation.generation_config import HONOURED_FIELDS, REJECTED_FIELDS
+from llada_hf.generation.generation_llada import DiffusionSampler
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria
 from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
 

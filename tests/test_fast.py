@@ -4,7 +4,7 @@ with padding, and work with threshold decoding and early stop; compiled = eager.
 import pytest
 import torch
 from conftest import forward_depth, fp32_tol, tiny_model
-from llada_hf.generation.generation_llada import DiffusionKVCache
+from llada_hf.generation.generation_layout import DiffusionKVCache
 
 MASK, EOS = 1000, 1001
 

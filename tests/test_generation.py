@@ -5,7 +5,7 @@ import io
 import pytest
 import torch
 from conftest import tiny_model
-from llada_hf.generation.generation_llada import CONFIDENCE_RULES, transfer_schedule
+from llada_hf.generation.generation_parts import CONFIDENCE_RULES, transfer_schedule
 from transformers import AutoModel, TextStreamer, pipeline
 from transformers.modeling_outputs import MaskedLMOutput
 
