@@ -1,6 +1,6 @@
 """Diffusion generation: the engine, its parts and the family configs (exported flat with the model)."""
 
 from .generation_llada import DiffusionGenerationMixin, LLaDAGenerationConfig
-from .generation_parts import classifier_free_guidance
+from .generation_parts import classifier_free_guidance, estimate_step_bytes
 
-__all__ = ["DiffusionGenerationMixin", "LLaDAGenerationConfig", "classifier_free_guidance"]
+__all__ = ["DiffusionGenerationMixin", "LLaDAGenerationConfig", "classifier_free_guidance", "estimate_step_bytes"]

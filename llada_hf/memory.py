@@ -6,31 +6,32 @@ the 8B model), not the layers' activations. `estimate_memory` says, before loadi
 
 Weights come from the model itself, built on the meta device (`meta_model`: any registered type, LLaDA-8B, LLaDA-MoE,
 LLaDA2.0), sized with accelerate's `compute_module_sizes`; string device maps ("auto", "balanced", ...) are resolved
-by the same transformers function `from_pretrained` uses (accelerate's `infer_auto_device_map` underneath), so the
-planned map is the map a load with that `max_memory` produces. The logits / sampler part is this package's own: no
-library models a diffusion sampler's working set. `llada-hf memory MODEL` prints the table.
+by the same transformers function `from_pretrained` uses (accelerate's `infer_auto_device_map` underneath), explicit
+maps are checked by accelerate's `check_device_map` and read by transformers' `expand_device_map` / `get_device` (the
+placement `from_pretrained` itself uses), so the planned map is the map a load produces. One denoising step's working
+set is generate()'s own pre-check, `llada_hf.generation.estimate_step_bytes`, over the canvas and logits window that
+the sampler's layout part gives generate() (`generation_step`): no library models a diffusion sampler. `llada-hf
+memory MODEL` prints it.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
 from transformers import PreTrainedConfig
+from transformers.integrations.accelerate import expand_device_map, get_device
 
-from .generation.generation_parts import CONFIDENCE_RULES
+from .generation import estimate_step_bytes
 from .loading import ATTN_IMPLEMENTATIONS
 
 Device = int | str
 DEFAULT_MODEL = "GSAI-ML/LLaDA-8B-Instruct"  # what `llada-hf memory` estimates without a MODEL
-
-# Bytes per element of the (batch, seq, vocab) logits that generate() keeps alive at its peak, beyond the logits
-# themselves, by confidence rule (see `sampler_bytes_per_logit`).
-_FLOAT64_SAMPLING_COPIES = 5  # logits64, uniform, exp(logits64), -log(uniform) and its power: live at once
 
 
 def meta_model(config: PreTrainedConfig, dtype: torch.dtype = torch.bfloat16) -> torch.nn.Module:
@@ -82,9 +83,9 @@ class MemoryEstimate:
 
     `per_device[d]` = the weights resident on `d` (for "cpu"/"disk" entries: stored there, computed on the main
     device) + on the devices that compute: the RoPE tables, the largest offloaded leaf module (streamed one at a time),
-    the per-layer activation peak on every device that runs decoder layers, and the logits + sampler working set on
-    the head's device and on the device generate() works on. CUDA context (~0.5 GB per GPU), allocator fragmentation
-    and, for training, gradients, optimizer states and saved activations are not included.
+    the per-layer activation peak on every device that runs decoder layers, the window's logits on the head's device
+    and one denoising step (`step_bytes`) on the device generate() works on. CUDA context (~0.5 GB per GPU),
+    allocator fragmentation and, for training, gradients, optimizer states and saved activations are not included.
     """
 
     parameters: int
@@ -93,10 +94,12 @@ class MemoryEstimate:
     weight_bytes: int  # all parameters in `dtype`
     buffer_bytes: int  # RoPE tables, fp32, once per computing device that holds `model.rotary_emb`
     activation_bytes: int  # peak of live tensors inside one decoder layer's forward (no_grad)
-    logits_bytes: int  # the head's (batch, seq, vocab) output in `dtype`
-    sampler_bytes: int  # what generate() allocates on top of the logits in one step (softmax, Gumbel noise, ...)
+    logits_bytes: int  # the head's (rows, window, vocab) output in `dtype`
+    step_bytes: int  # one denoising step beyond the weights: generate()'s pre-check figure (`estimate_step_bytes`)
     streamed_bytes: int  # the largest offloaded leaf module, onloaded to the main device during its forward
     sequence_length: int = 1024  # prompt + canvas: the tokens of every forward
+    window: int = 1024  # the columns whose logits each step computes (the block under `fast`, else the canvas)
+    # (`sequence_length` is generate()'s canvas: LLaDA2 rounds prompt + new tokens up to whole blocks)
     device_map: dict[str, Device] | None = None
     weights_per_device: dict[Device, int] = field(default_factory=dict)
     per_device: dict[Device, int] = field(default_factory=dict)
@@ -112,26 +115,13 @@ class MemoryEstimate:
         lines = [
             f"parameters: {self.parameters:,} ({self.weight_bytes / 1e9:.2f} GB in {str(self.dtype).split('.')[-1]})"
             f"{active}",
-            f"per-layer activations: {self.activation_bytes / 1e6:.1f} MB, logits: {self.logits_bytes / 1e6:.1f} MB, "
-            f"sampler: {self.sampler_bytes / 1e6:.1f} MB",
+            f"per-layer activations: {self.activation_bytes / 1e6:.1f} MB, logits ({self.window} columns): "
+            f"{self.logits_bytes / 1e6:.1f} MB, one step (generate()'s pre-check): {self.step_bytes / 1e6:.1f} MB",
         ]
         for device, total in self.per_device.items():
             weights = self.weights_per_device.get(device, 0)
             lines.append(f"  {device!s:>6}: {total / 1e9:7.2f} GB (weights {weights / 1e9:.2f} GB)")
         return "\n".join(lines)
-
-
-def sampler_bytes_per_logit(dtype: torch.dtype, do_sample: bool = False, remasking: str = "low_confidence") -> int:
-    """Peak bytes generate() allocates per logit on top of the logits (see `DiffusionGenerationMixin.generate`).
-
-    Greedy `low_confidence`: one softmax in the logits' dtype. `margin`/`entropy`: fp32 softmax/log-softmax working
-    sets. Sampling (`do_sample=True`): the official Gumbel-max in float64 over the whole tensor, five float64 copies at
-    its peak; the confidence is computed after those are freed, so the larger of the two counts.
-    """
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    confidence = {"low_confidence": itemsize, "random": 0, "margin": 8, "entropy": 12}[remasking]
-    sampling = 8 * _FLOAT64_SAMPLING_COPIES if do_sample else 0
-    return max(confidence, sampling)
 
 
 def estimate_memory(
@@ -142,9 +132,11 @@ def estimate_memory(
     seq_len: int | None = None,
     max_memory: dict[Device, int | str] | None = None,
     do_sample: bool = False,
-    remasking: str = "low_confidence",
     cfg: bool = False,
     attn_implementation: str = "sdpa",
+    max_new_tokens: int | None = None,
+    block_length: int | None = None,
+    fast: bool | None = None,
 ) -> MemoryEstimate:
     """Estimate the memory of a LLaDA model and of one generation step, per device of `device_map`.
 
@@ -152,22 +144,35 @@ def estimate_memory(
         config: the model's config (`LLaDAConfig()` is LLaDA-8B).
         dtype: weight dtype (the checkpoints are bf16).
         device_map: `None` (everything on one device, reported as device 0), an explicit map
-            `{module_name: device}` (devices: GPU index, "cpu", "disk"), or a string as accepted by `from_pretrained`
-            ("auto", "balanced", "balanced_low_0", "sequential"), then resolved with `max_memory` exactly as
-            `from_pretrained` would.
+            `{module_name: device}` (devices: GPU index, "cpu", "disk"; checked by accelerate's `check_device_map`,
+            read by transformers' `expand_device_map` as `from_pretrained` reads it), or a string as accepted by
+            `from_pretrained` ("auto", "balanced", "balanced_low_0", "sequential"), then resolved with `max_memory`
+            exactly as `from_pretrained` would.
         batch_size: rows per generate() call (`num_return_sequences` multiplies it).
         seq_len: prompt + `max_new_tokens`: every step runs a full forward over it (no KV cache). Default: 1024.
         max_memory: per-device limits, only used to resolve a string `device_map`.
-        do_sample / remasking / cfg: generate()'s options that change the step's working set (`cfg`: classifier-free
-            guidance doubles the forward batch).
+        do_sample / cfg: generate()'s options that change the step's working set (`cfg`: classifier-free guidance
+            doubles the forward batch).
         attn_implementation: "eager" materializes (batch, heads, seq, seq) scores; sdpa/flash kernels do not.
+        max_new_tokens / block_length / fast: generate()'s; with the model's generation config they choose the
+            sampler's parts, whose layout gives the canvas and the logits window exactly as generate() takes them
+            (`generation_step`). Defaults: the whole `seq_len` is new tokens (no prompt), the rest the model's
+            generation config (LLaDA: `fast`, one block; LLaDA2: blocks of 32, the canvas rounded up to whole blocks).
     """
     from accelerate.utils import compute_module_sizes
 
     seq_len = 1024 if seq_len is None else seq_len
-    check_memory_arguments(dtype, batch_size, seq_len, max_memory, remasking, attn_implementation)
+    check_memory_arguments(dtype, batch_size, seq_len, max_memory, attn_implementation)
+    for name, value in (("max_new_tokens", max_new_tokens), ("block_length", block_length)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+    if max_new_tokens is not None and max_new_tokens > seq_len:
+        raise ValueError(f"max_new_tokens ({max_new_tokens}) must be at most seq_len ({seq_len}, prompt included)")
     itemsize = torch.empty((), dtype=dtype).element_size()
     model = meta_model(config, dtype)
+    request = dict(max_new_tokens=seq_len if max_new_tokens is None else max_new_tokens, do_sample=do_sample)
+    request.update({k: v for k, v in dict(block_length=block_length, fast=fast).items() if v is not None})
+    seq_len, window, sampling = generation_step(model.generation_config, seq_len, cfg=cfg, **request)
     named = dict(model.named_parameters())
     parameters = sum(p.numel() for p in named.values())
     buffer_bytes = compute_module_sizes(model, buffers_only=True)[""]  # fp32 RoPE tables (+ MoE router biases)
@@ -186,15 +191,11 @@ def estimate_memory(
         attention_phase += rows * config.num_attention_heads * seq_len * seq_len * (2 * itemsize + 4)
     mlp_phase = tokens * (2 * d + 4 * inter) * itemsize
     activation_bytes = max(attention_phase, mlp_phase)
-    logits_bytes = tokens * config.vocab_size * itemsize
-    # CFG combines the two halves into batch_size rows: uncond + (s + 1) * (cond - uncond), three such tensors.
-    cfg_bytes = 3 * batch_size * seq_len * config.vocab_size * itemsize if cfg else 0
-    sampler_bytes = (
-        batch_size * seq_len * config.vocab_size * sampler_bytes_per_logit(dtype, do_sample, remasking) + cfg_bytes
-    )
+    logits_bytes = rows * window * config.vocab_size * itemsize
+    step_bytes = estimate_step_bytes(batch_size, seq_len, window, config.vocab_size, sampling, cfg)
 
     resolved = _resolve_device_map(model, device_map, max_memory)
-    placement = {name: _lookup(resolved, name) for name in named}
+    placement = expand_device_map(resolved, list(named))
     weights_per_device: dict[Device, int] = {}
     for name, param in named.items():
         device = placement[name]
@@ -202,16 +203,13 @@ def estimate_memory(
 
     # What accelerate's dispatch does: cpu/disk entries compute on the main device (the first accelerator in the
     # map, else the CPU); "cpu" entries are offloaded too when that is an accelerator.
-    accelerators = [dev for dev in dict.fromkeys(resolved.values()) if dev not in ("cpu", "disk")]
+    accelerators = [dev for dev in dict.fromkeys(resolved.values()) if str(dev) not in ("cpu", "disk")]
     main: Device = accelerators[0] if accelerators else "cpu"
     offloaded = ("disk",) if main == "cpu" else ("cpu", "disk")
 
-    def runs_on(module: str) -> Device:
-        try:
-            device = _lookup(resolved, module)
-        except ValueError:  # a parameterless module (rotary_emb) left out of an explicit map
-            return main
-        return main if device in ("cpu", "disk") else device
+    def runs_on(module: str) -> Device:  # a parameterless module (rotary_emb) left out of a map reads as "cpu"
+        device = get_device(resolved, module)
+        return main if str(device) in ("cpu", "disk") else device
 
     per_device = dict(weights_per_device)
     per_device.setdefault(main, 0)
@@ -222,7 +220,7 @@ def estimate_memory(
     # accelerate hooks every leaf module of an offloaded entry: one Linear/Embedding is on the main device at a time.
     module_bytes = compute_module_sizes(model, dtype=dtype)
     buffers = compute_module_sizes(model, dtype=dtype, buffers_only=True)
-    leaves = {name.rsplit(".", 1)[0] for name in named if placement[name] in offloaded}
+    leaves = {name.rsplit(".", 1)[0] for name in named if str(placement[name]) in offloaded}
     streamed_bytes = max((module_bytes[leaf] - buffers.get(leaf, 0) for leaf in leaves), default=0)
     add(main, streamed_bytes)
     add(runs_on("model.rotary_emb"), buffer_bytes)
@@ -230,12 +228,12 @@ def estimate_memory(
         add(device, activation_bytes)
     head_device = runs_on("lm_head" if not config.tie_word_embeddings else "model.embed_tokens")
     add(head_device, logits_bytes)
-    # generate() works on the embedding's device (the top-level hook returns the logits there): a second copy of
-    # the logits if that is another device, and the sampler's working set.
+    # generate() works on the embedding's device (the top-level hook returns the logits there): one step's working
+    # set, the logits included; the head's device holds them too when it is another one.
     generate_device = runs_on("model.embed_tokens")
-    if generate_device != head_device:
-        add(generate_device, logits_bytes)
-    add(generate_device, sampler_bytes)
+    if generate_device == head_device:
+        per_device[head_device] -= logits_bytes
+    add(generate_device, step_bytes)
 
     return MemoryEstimate(
         parameters=parameters,
@@ -245,13 +243,26 @@ def estimate_memory(
         buffer_bytes=buffer_bytes,
         activation_bytes=activation_bytes,
         logits_bytes=logits_bytes,
-        sampler_bytes=sampler_bytes,
+        step_bytes=step_bytes,
         streamed_bytes=streamed_bytes,
         sequence_length=seq_len,
+        window=window,
         device_map=None if device_map is None else resolved,
         weights_per_device=weights_per_device,
         per_device=per_device,
     )
+
+
+def generation_step(generation_config, seq_len: int, cfg: bool = False, **request) -> tuple[int, int, bool]:
+    """(canvas length, logits window, fp64 noise drawn) of a generate() request, from the parts the sampler is
+    built from: the family's layout (`canvas_length`, `logits_width`) and proposal (`gumbel`), as generate() reads
+    them for its pre-check. `request`: generation-config fields (max_new_tokens, block_length, fast, do_sample)."""
+    config = copy.deepcopy(generation_config)
+    config.update(**request, cfg_scale=1.0 if cfg else 0.0)
+    parts = config.sampler_parts()
+    prompt_len = seq_len - config.max_new_tokens
+    length = parts.layout.canvas_length(prompt_len, config.max_new_tokens)
+    return length, parts.layout.logits_width(prompt_len, length), bool(getattr(parts.proposal, "gumbel", False))
 
 
 def check_memory_arguments(
@@ -259,7 +270,6 @@ def check_memory_arguments(
     batch_size: int = 1,
     seq_len: int = 1024,
     max_memory: dict[Device, int | str] | None = None,
-    remasking: str = "low_confidence",
     attn_implementation: str = "sdpa",
 ) -> None:
     """`ValueError` / `TypeError` naming the argument: sizes are positive integers (a negative batch would print
@@ -271,8 +281,6 @@ def check_memory_arguments(
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     for device, size in (max_memory or {}).items():
         parse_memory_size(size, f"max_memory[{device!r}]")
-    if remasking not in CONFIDENCE_RULES:
-        raise ValueError(f"remasking must be one of {sorted(CONFIDENCE_RULES)}, got {remasking!r}")
     if attn_implementation not in ATTN_IMPLEMENTATIONS:
         choices = list(ATTN_IMPLEMENTATIONS)
         raise ValueError(f"attn_implementation must be one of {choices}, got {attn_implementation!r}")
@@ -347,6 +355,13 @@ def add_memory_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--do-sample", action="store_true", help="sampling (float64 Gumbel noise) instead of greedy")
     parser.add_argument("--cfg", action="store_true", help="classifier-free guidance (cfg_scale > 0)")
     parser.add_argument(
+        "--block-length", type=positive_int, default=None, help="generate()'s block_length (default: the model's)"
+    )
+    parser.add_argument(
+        "--fast", action=argparse.BooleanOptionalAction, default=None,
+        help="generate()'s fast (logits of the block only; default: the model's, on); --no-fast: the whole canvas",
+    )  # fmt: skip
+    parser.add_argument(
         "--attn-implementation", default="sdpa", choices=ATTN_IMPLEMENTATIONS,
         help="eager materialises the (batch, heads, seq, seq) scores",
     )  # fmt: skip
@@ -405,6 +420,9 @@ def memory_estimate(args: argparse.Namespace) -> MemoryEstimate:
         do_sample=args.do_sample,
         cfg=args.cfg,
         attn_implementation=args.attn_implementation,
+        max_new_tokens=None if args.seq_len is not None else args.max_new_tokens,
+        block_length=args.block_length,
+        fast=args.fast,
     )
 
 
@@ -444,36 +462,16 @@ def _resolve_device_map(
     device_map: str | dict[str, Device] | None,
     max_memory: dict[Device, int | str] | None,
 ) -> dict[str, Device]:
+    """{"": 0} for no map, transformers' plan for a string, an explicit map once accelerate has checked that it
+    places every parameter (`ValueError` naming the ones it does not)."""
+    from accelerate.utils import check_device_map
+
     if device_map is None:
         return {"": 0}
     if isinstance(device_map, str):
         return _plan(model, device_map, max_memory)
-    return {key: _normalize_device(value) for key, value in device_map.items()}
-
-
-def _normalize_device(device: Device | torch.device) -> Device:
-    """0, "cuda:0", torch.device("cuda", 0) -> 0; "cpu", "disk" unchanged (accelerate's spelling)."""
-    if isinstance(device, torch.device):
-        device = str(device)
-    if isinstance(device, str) and device.startswith("cuda"):
-        return int(device.split(":")[1]) if ":" in device else 0
-    return device
-
-
-def _match(device_map: dict[str, Device], name: str) -> str:
-    """The most specific key of `device_map` that is `name` or one of its parent modules ("" matches all)."""
-    best = None
-    for key in device_map:
-        if key == "" or name == key or name.startswith(key + "."):
-            if best is None or len(key) > len(best):
-                best = key
-    if best is None:
-        raise ValueError(f"device_map does not place {name!r}: add an entry for it or one of its parent modules.")
-    return best
-
-
-def _lookup(device_map: dict[str, Device], name: str) -> Device:
-    return device_map[_match(device_map, name)]
+    check_device_map(model, device_map)
+    return dict(device_map)
 
 
 __all__ = [
@@ -492,7 +490,7 @@ __all__ = [
     "meta_model",
     "parameter_shapes",
     "plan_device_map",
-    "sampler_bytes_per_logit",
+    "generation_step",
 ]
 
 if __name__ == "__main__":

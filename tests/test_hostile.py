@@ -726,7 +726,7 @@ def test_cli_export_overwrite_clears_the_folder_first(tmp_path):
         ({"batch_size": 1.5}, "batch_size"),
         ({"seq_len": -100}, "seq_len"),
         ({"max_memory": {0: "garbage"}, "device_map": "auto"}, "max_memory"),
-        ({"remasking": "best"}, "remasking"),
+        ({"block_length": 0}, "block_length"),
     ],
 )
 def test_estimate_memory_refuses_bad_sizes(kwargs, name):

@@ -23,7 +23,6 @@ from llada_hf.memory import (
     estimate_memory,
     parameter_shapes,
     plan_device_map,
-    sampler_bytes_per_logit,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -213,7 +212,7 @@ def test_weights_per_device_match_a_real_dispatch(saved, tmp_path):
         for module in model.modules()
     )
     assert estimate.streamed_bytes == largest_leaf
-    transients = estimate.buffer_bytes + estimate.activation_bytes + estimate.logits_bytes + estimate.sampler_bytes
+    transients = estimate.buffer_bytes + estimate.activation_bytes + estimate.step_bytes  # one step holds the logits
     assert estimate.per_device["cpu"] == in_memory + largest_leaf + transients
 
 
@@ -234,26 +233,74 @@ def test_planned_multi_gpu_maps_balance_the_8b_model():
     assert sum(estimate.weights_per_device.values()) == estimate.weight_bytes
     share = estimate.weights_per_device[0] / estimate.weight_bytes
     assert 0.4 < share < 0.6
-    # One 8 GiB GPU + 4 GiB CPU: the rest goes to disk and GPU 0 keeps room for the largest streamed module.
-    tight = estimate_memory(config, device_map="auto", max_memory={0: "8GiB", "cpu": "4GiB"}, seq_len=320)
+    # One 8 GiB GPU + 4 GiB CPU: the rest goes to disk and GPU 0 keeps room for the largest streamed module and a
+    # step of blocks of 32 (a 320-column step's logits alone would not fit: accelerate's plan does not see them).
+    tight = estimate_memory(
+        config, device_map="auto", max_memory={0: "8GiB", "cpu": "4GiB"}, seq_len=320, block_length=32
+    )
     assert set(tight.weights_per_device) == {0, "cpu", "disk"}
     assert tight.weights_per_device[0] <= 8 * 2**30 and tight.weights_per_device["cpu"] <= 4 * 2**30
     assert tight.per_device[0] <= 8 * 2**30
 
 
 def test_logits_estimate_matches_a_forward():
+    """The logits are those of the columns a step scores: the block under `fast` (the model's default), else the
+    whole canvas; classifier-free guidance doubles the forward batch."""
     model = tiny_model()
-    batch, prompt = 3, 5
-    ids = torch.randint(0, 1000, (batch, prompt + 16))
+    batch, prompt, new = 3, 5, 16
+    ids = torch.randint(0, 1000, (batch, prompt + new))
+    size = dict(dtype=torch.float32, batch_size=batch, seq_len=prompt + new, max_new_tokens=new)
     with torch.no_grad():
-        logits = model(ids).logits
-    estimate = estimate_memory(model.config, dtype=torch.float32, batch_size=batch, seq_len=prompt + 16)
-    assert estimate.logits_bytes == logits.numel() * logits.element_size()
-    cfg = estimate_memory(model.config, dtype=torch.float32, batch_size=batch, seq_len=prompt + 16, cfg=True)
-    assert cfg.logits_bytes == 2 * estimate.logits_bytes  # CFG doubles the forward batch
-    # Sampling's float64 Gumbel noise dominates a greedy step's bf16 softmax.
-    assert sampler_bytes_per_logit(torch.bfloat16, do_sample=True) > sampler_bytes_per_logit(torch.bfloat16)
-    assert estimate.sampler_bytes == logits.numel() * sampler_bytes_per_logit(torch.float32)
+        for kwargs, kept in (({}, new), ({"block_length": 4}, 4), ({"fast": False, "block_length": 4}, 0)):
+            logits = model(ids, logits_to_keep=slice(prompt + new - kept, None) if kept else None).logits
+            estimate = estimate_memory(model.config, **size, **kwargs)
+            assert estimate.logits_bytes == logits.numel() * logits.element_size(), kwargs
+    cfg = estimate_memory(model.config, **size, cfg=True)
+    assert cfg.logits_bytes == 2 * estimate_memory(model.config, **size).logits_bytes
+
+
+@pytest.mark.parametrize(
+    ("family", "request_"),
+    [
+        ("llada", {}),
+        ("llada", {"block_length": 4, "steps": 4}),
+        ("llada", {"fast": False}),
+        ("llada", {"do_sample": True, "temperature": 1.0}),
+        ("llada", {"cfg_scale": 1.0, "block_length": 8, "steps": 8}),
+        ("llada2", {}),
+        ("llada2", {"block_length": 8, "steps": 2}),
+    ],
+)
+def test_memory_step_is_generates_precheck(family, request_, monkeypatch):
+    """`estimate_memory`'s step figure is the one generate() checks before it allocates, for the same request: the
+    call generate() makes is recorded, and memory.py must reach the same arguments (window, rows, sampling, CFG) from
+    the request as `llada-hf memory` describes it."""
+    import llada_hf.generation
+
+    real, calls = llada_hf.generation.estimate_step_bytes, []
+
+    def recording(*args):
+        calls.append((args, real(*args)))
+        return calls[-1][1]
+
+    for name, module in list(sys.modules.items()):  # wherever generate() looks the name up
+        if name.startswith("llada_hf.generation") and getattr(module, "estimate_step_bytes", None) is real:
+            monkeypatch.setattr(module, "estimate_step_bytes", recording)
+    if family == "llada":
+        model = tiny_model()
+    else:
+        model = AutoModel.from_pretrained(REPO / "tests" / "fixtures" / "llada2_tiny").eval()
+    batch, prompt, new = 2, 5, 16
+    with torch.no_grad():
+        model.generate(torch.randint(0, 1000, (batch, prompt)), max_new_tokens=new, **request_)
+    (args, figure), *_ = calls
+    estimate = estimate_memory(
+        model.config, batch_size=batch, seq_len=prompt + new, max_new_tokens=new,
+        block_length=request_.get("block_length"), fast=request_.get("fast"),
+        do_sample=request_.get("do_sample", False), cfg=request_.get("cfg_scale", 0) > 0,
+    )  # fmt: skip
+    assert estimate.window == args[2]
+    assert estimate.step_bytes == figure
 
 
 def test_memory_cli_reads_an_official_config(golden_model, capsys):

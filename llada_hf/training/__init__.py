@@ -1,7 +1,8 @@
 """Masked-diffusion training for every LLaDA family, by responsibility:
 
 * `losses`: the forward process (`forward_process`, `mask_batch`, per-row noise seeds `sample_seed`) and the losses
-  (`diffusion_loss`, `pretraining_loss`, `sft_loss`), `annealed_attention_mask` for AR -> diffusion adaptation;
+  (`diffusion_loss`, `pretraining_loss`, `sft_loss`), `annealed_attention_mask` for AR -> diffusion adaptation,
+  `block_diffusion_mask` / `block_length=` for LLaDA2's block diffusion;
 * `rows`: the accepted row formats, their validation (`DataError`) and tokenisation (`encode_example`);
 * `data`: `load_rows`, `prepare_dataset` (validate + tokenise once, cut, pack), `DiffusionCollator` (padding only);
 * `trainer`: `DiffusionTrainer` and `DiffusionTrainingArguments` (every diffusion hyper-parameter, once);
@@ -41,6 +42,8 @@ from .losses import (
     INDEX_COLUMN,
     PAPER_RANDOM_LENGTH_PROB,
     annealed_attention_mask,
+    block_diffusion_logits,
+    block_diffusion_mask,
     diffusion_loss,
     forward_process,
     mask_batch,
@@ -75,6 +78,8 @@ __all__ = [
     "ParallelismError",
     "_distributed_config",
     "annealed_attention_mask",
+    "block_diffusion_logits",
+    "block_diffusion_mask",
     "convert_llama_to_llada",
     "diffusion_loss",
     "encode_example",

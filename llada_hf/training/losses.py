@@ -9,6 +9,10 @@ The objectives follow the LLaDA paper (arXiv 2502.09992) and its GUIDELINES:
   padding is a target; each masked token's CE / p_mask is divided by its sample's answer length (padding included),
   and the sum by the batch size.
 
+Block diffusion (LLaDA2's training, `block_length=`): the same noising and loss, but the model sees
+[noisy | clean] (twice the length) under `block_diffusion_mask`, so a noisy block is predicted from itself and the
+*clean* earlier blocks, as the block-causal sampler later decodes it (`block_diffusion_logits`).
+
 Both are the same formula, (1/b) sum_i (1/n_i) sum_{j masked} CE_ij / p_ij with n_i the row's length (pre-training)
 or answer length (SFT): `diffusion_loss`; `forward_process` is the noising. `pretraining_loss` / `sft_loss` draw the
 noise from one generator in the official order; `mask_batch` noises a padded batch row by row from seeds given by
@@ -23,6 +27,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..generation.generation_llada2 import block_causal_mask
 from ..loading import resolve_mask_token_id
 from ..modeling import masked_diffusion_loss
 
@@ -102,6 +107,43 @@ def diffusion_loss(
     return masked_diffusion_loss(logits, labels, p_mask, normalizer, token_transform=transform)
 
 
+def block_diffusion_mask(length: int, block_length: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """(2l, 2l) boolean mask over [noisy | clean] copies of a sequence (block diffusion, as LLaDA2 is trained).
+
+    A noisy block sees itself and the clean earlier blocks; the clean copy is block-causal (`block_causal_mask`, the
+    sampler's mask) and never sees the noise. So each noisy block is conditioned exactly as when the sampler decodes
+    it with the earlier blocks finished, and every block is trained in one forward."""
+    if block_length < 1:
+        raise ValueError(f"block_length must be >= 1, got {block_length}")
+    causal = block_causal_mask(length, block_length, device)  # key block <= query block
+    same_block, earlier = causal & causal.T, ~causal.T
+    top = torch.cat([same_block, earlier], dim=1)
+    bottom = torch.cat([torch.zeros_like(causal), causal], dim=1)
+    return torch.cat([top, bottom], dim=0)
+
+
+def block_diffusion_logits(
+    model: nn.Module,
+    noisy: torch.LongTensor,
+    clean: torch.LongTensor,
+    block_length: int,
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Logits (b, l, vocab) of the noisy tokens, from one forward over [noisy | clean] under `block_diffusion_mask`
+    (both copies at positions 0..l-1). A 2-D padding `attention_mask` (b, l) hides padded keys of both copies."""
+    if noisy.shape != clean.shape:
+        raise ValueError(f"noisy {tuple(noisy.shape)} and clean {tuple(clean.shape)} ids must have one shape")
+    b, length = noisy.shape
+    mask = block_diffusion_mask(length, block_length, noisy.device)[None, None]
+    if attention_mask is not None:
+        keep = attention_mask.bool().to(noisy.device).repeat(1, 2)
+        eye = torch.eye(2 * length, dtype=torch.bool, device=noisy.device)
+        mask = mask & keep[:, None, None, :] | eye  # a padded query still sees itself (no empty softmax row)
+    positions = torch.arange(length, device=noisy.device).repeat(2)[None].expand(b, -1)
+    logits = model(input_ids=torch.cat([noisy, clean], dim=1), attention_mask=mask, position_ids=positions).logits
+    return logits[:, :length]
+
+
 def random_length_crop(
     input_ids: torch.LongTensor, probability: float, generator: torch.Generator | None = None
 ) -> torch.LongTensor:
@@ -129,6 +171,7 @@ def pretraining_loss(
     generator: torch.Generator | None = None,
     reweight_gamma: float = 0.0,
     reweight_alpha: float = 1.0,
+    block_length: int | None = None,
 ) -> torch.Tensor:
     """Pre-training ELBO of a batch (one forward): sum(CE / p_mask) / (b * l).
 
@@ -137,7 +180,7 @@ def pretraining_loss(
     (default 0, as `DiffusionCollator`; the paper uses `PAPER_RANDOM_LENGTH_PROB`) cuts the batch to a random length
     first. RNG draws, in order: rand(1) [, randint] for that rule (skipped when the probability is 0), then rand(b),
     rand(b, l). Works with a peft-wrapped model too. `reweight_gamma` / `reweight_alpha`: token-level reweighting
-    (`diffusion_loss`).
+    (`diffusion_loss`). `block_length`: block diffusion (`block_diffusion_logits`) instead of full attention.
     """
     input_ids = random_length_crop(input_ids, random_length_prob, generator)
     maskable = normalizer = None
@@ -148,7 +191,10 @@ def pretraining_loss(
     noisy, labels, p_mask = forward_process(
         input_ids, resolve_mask_token_id(model, mask_token_id), eps=eps, generator=generator, maskable=maskable
     )
-    logits = model(input_ids=noisy, attention_mask=attention_mask).logits
+    if block_length:
+        logits = block_diffusion_logits(model, noisy, input_ids, block_length, attention_mask)
+    else:
+        logits = model(input_ids=noisy, attention_mask=attention_mask).logits
     return diffusion_loss(
         logits, labels, p_mask, normalizer, reweight_gamma=reweight_gamma, reweight_alpha=reweight_alpha
     )
@@ -164,12 +210,14 @@ def sft_loss(
     generator: torch.Generator | None = None,
     reweight_gamma: float = 0.0,
     reweight_alpha: float = 1.0,
+    block_length: int | None = None,
 ) -> torch.Tensor:
     """SFT loss of EOS-padded [prompt | answer] rows: masked answer tokens' CE / p_mask / answer length, then / b.
 
     The answer length counts everything after the prompt, EOS padding included (the padding is a target: it teaches
     the model where answers end). RNG draws: rand(b), rand(b, l). `reweight_gamma` / `reweight_alpha`: token-level
-    reweighting (`diffusion_loss`).
+    reweighting (`diffusion_loss`). `block_length`: block diffusion (`block_diffusion_logits`; blocks aligned at
+    column 0, as the LLaDA2 sampler aligns them) instead of full attention.
     """
     prompt_lengths = torch.as_tensor(prompt_lengths, device=input_ids.device)
     noisy, labels, p_mask = forward_process(
@@ -180,7 +228,10 @@ def sft_loss(
         prompt_lengths=prompt_lengths,
     )
     answer_lengths = (input_ids.shape[1] - prompt_lengths).float()
-    logits = model(input_ids=noisy).logits
+    if block_length:
+        logits = block_diffusion_logits(model, noisy, input_ids, block_length)
+    else:
+        logits = model(input_ids=noisy).logits
     return diffusion_loss(
         logits, labels, p_mask, answer_lengths, reweight_gamma=reweight_gamma, reweight_alpha=reweight_alpha
     )

@@ -9,6 +9,7 @@ from typing import Any
 
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.modeling_outputs import CausalLMOutput
 
 from .data import DataReport, DiffusionCollator, prepare_dataset
 from .distributed import FSDP_TRAP, ParallelismError, fsdp_requested
@@ -17,6 +18,7 @@ from .losses import (
     EVAL_EPOCH,
     INDEX_COLUMN,
     annealed_attention_mask,
+    block_diffusion_logits,
     check_token_reweighting,
     diffusion_loss,
     mask_batch,
@@ -42,6 +44,10 @@ class DiffusionTrainingArguments(TrainingArguments):
         metadata={"help": "Token-level reweighting alpha (1 - exp(-CE))^gamma CE (Ye et al. 2025); 0: plain loss"},
     )
     reweight_alpha: float = field(default=1.0, metadata={"help": "Scale of the token-level reweighting"})
+    block_length: int = field(
+        default=0,
+        metadata={"help": "Block diffusion (LLaDA2's training): blocks of N tokens over [noisy | clean]; 0: off"},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -58,6 +64,10 @@ class DiffusionTrainingArguments(TrainingArguments):
             raise ValueError(f"--random_length_prob must be in [0, 1], got {prob}")
         if self.attention_anneal_steps < 0:
             raise ValueError(f"--attention_anneal_steps must be 0 (off) or more, got {self.attention_anneal_steps}")
+        if not isinstance(self.block_length, int) or self.block_length < 0:
+            raise ValueError(f"--block_length must be 0 (off) or a block size >= 1, got {self.block_length}")
+        if self.block_length and self.attention_anneal_steps:
+            raise ValueError("--block_length and --attention_anneal_steps are two attention masks: choose one")
         try:
             check_token_reweighting(self.reweight_gamma, self.reweight_alpha)
         except ValueError as error:
@@ -82,6 +92,7 @@ DIFFUSION_FIELDS = (
     "attention_anneal_steps",
     "reweight_gamma",
     "reweight_alpha",
+    "block_length",
 )
 
 
@@ -222,7 +233,12 @@ class DiffusionTrainer(Trainer):
                 ids = noised["input_ids"]
                 dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
                 attention_mask = annealed_attention_mask(ids.shape[1], progress, attention_mask, dtype, ids.device)
-        outputs = model(input_ids=noised["input_ids"], attention_mask=attention_mask)
+        if args.block_length:
+            clean = inputs["input_ids"]
+            logits = block_diffusion_logits(model, noised["input_ids"], clean, args.block_length, attention_mask)
+            outputs = CausalLMOutput(logits=logits)
+        else:
+            outputs = model(input_ids=noised["input_ids"], attention_mask=attention_mask)
         reweighting = (
             dict(reweight_gamma=self.reweight_gamma, reweight_alpha=self.reweight_alpha) if model.training else {}
         )
