@@ -30,6 +30,7 @@ from .generation_parts import (
     SamplerParts,
     StepView,
     as_list,
+    is_any,
     select_topk,
     temperature_of,
     transfer_schedule,
@@ -160,7 +161,8 @@ class LLaDA2Proposal(Proposal):
         if self.editing and self.official and self.sample_temperature == 0:
             return logits.argmax(-1), logits
         if self.editing and not self.official:
-            logits = logits.index_fill(-1, torch.tensor([self.mask_id], device=logits.device), -torch.inf)
+            logits = logits.clone()
+            logits[..., self.mask_id] = -torch.inf  # a scalar index: no per-step host-to-device copy
         scores, temperature = self.process(logits, x, view), self.sample_temperature
         if self.official:
             if temperature > 0 and temperature != 1.0:
@@ -306,11 +308,11 @@ class LLaDA2Stop:
             return None
         # Official eos_early_stop: an EOS among this step's commits, and no mask between the prompt and the first
         # EOS of the canvas (searched from column 0: an EOS in the prompt counts, a quirk kept).
-        (start, end), eos = view.window, torch.tensor(self.eos, device=state.x.device)
+        start, end = view.window
         after = state.x[0, start:end]
-        if not bool(((before[0] == self.mask_id) & (after != self.mask_id) & torch.isin(after, eos)).any()):
+        if not bool(((before[0] == self.mask_id) & (after != self.mask_id) & is_any(after, self.eos)).any()):
             return None
-        positions = torch.isin(state.x[0, :end], eos).nonzero().flatten()
+        positions = is_any(state.x[0, :end], self.eos).nonzero().flatten()
         if positions.numel() and bool((state.x[0, state.prompt_len : int(positions[0])] != self.mask_id).all()):
             state.stopped_at = int(positions[0])
             return torch.ones_like(state.rows, dtype=torch.bool)
@@ -320,7 +322,7 @@ class LLaDA2Stop:
         if not self.eos or not self.block_eos_stop:
             return None
         answer = state.x[state.rows, state.prompt_len : block.end]
-        return torch.isin(answer, torch.tensor(self.eos, device=answer.device)).any(-1)
+        return is_any(answer, self.eos).any(-1)
 
     def finalise(self, state) -> torch.LongTensor:
         prompt_len, eos = state.prompt_len, self.eos
@@ -329,11 +331,11 @@ class LLaDA2Stop:
         if self.official:
             if state.stopped_at is not None:
                 return state.x[:, : state.stopped_at + 1]
-            hits = torch.isin(answer[0], torch.tensor(eos, device=x.device)).nonzero().flatten() if eos else []
+            hits = is_any(answer[0], eos).nonzero().flatten() if eos else []
             return answer[:, : int(hits[0]) + 1 if len(hits) else self.answer_len]
         if not eos:
             return x
-        is_eos = torch.isin(answer, torch.tensor(eos, device=x.device))
+        is_eos = is_any(answer, eos)
         after_first = (is_eos.cumsum(-1) - is_eos.long()) > 0
         fill = self.pad if self.pad is not None else eos[0]
         return torch.cat([x[:, :prompt_len], answer.masked_fill(after_first, fill)], dim=1)

@@ -23,6 +23,11 @@ def as_list(token_ids) -> list[int]:
     return [token_ids] if isinstance(token_ids, int) else list(token_ids)
 
 
+def is_any(x: torch.Tensor, ids: list[int]) -> torch.Tensor:
+    """Boolean, shaped like `x`: where `x` holds one of `ids` (EOS / EoT lists)."""
+    return torch.isin(x, torch.tensor(ids, device=x.device))
+
+
 def temperature_of(config) -> float:
     """Sampling temperature: 0 (greedy) unless do_sample; transformers' default 1.0 when sampling without one."""
     if not config.do_sample:
@@ -307,7 +312,7 @@ class Confidence:
             scores[:, :, cleared] = -torch.inf
         confidence = self.rule(scores, x0, noise)
         if self.eos_option == "rank_last":
-            is_eos = torch.isin(x0, torch.tensor([*self.eos_ids, *self.eot_ids], device=x0.device))
+            is_eos = is_any(x0, [*self.eos_ids, *self.eot_ids])
             confidence = torch.where(is_eos, confidence.float() - 1e4, confidence.float())
         return confidence
 
@@ -434,7 +439,7 @@ class EosStop:
         first_mask = torch.where(answer == self.mask_id, positions, answer.shape[1]).min(-1).values
         cut = torch.full_like(first_mask, -1)  # answer length kept; -1 = row goes on
         if self.early_stop:
-            is_eos = torch.isin(answer, torch.tensor(self.eos, device=answer.device))
+            is_eos = is_any(answer, self.eos)
             first_eos = torch.where(is_eos, positions, answer.shape[1]).min(-1).values
             cut = torch.where(is_eos.any(-1) & (first_eos < first_mask), answer.shape[1], cut)
         if self.criteria:
